@@ -1,0 +1,33 @@
+# The course's two commands: `make lab` (set up and open JupyterLab) and `make test` (set up and run every test).
+VENV ?= .venv
+PYTHON_BIN := $(VENV)/bin/python
+# Keep tool state inside the checkout so test runs leave nothing behind in $HOME.
+BUILD := $(CURDIR)/.build
+TEST_ENV := MPLCONFIGDIR=$(BUILD)/mpl IPYTHONDIR=$(BUILD)/ipython JUPYTER_CONFIG_DIR=$(BUILD)/jupyter/config \
+	JUPYTER_DATA_DIR=$(BUILD)/jupyter/data JUPYTER_RUNTIME_DIR=$(BUILD)/jupyter/runtime HF_HOME=$(BUILD)/hf \
+	EFFTRAIN_DRILL_PROGRESS=$(BUILD)/drill_progress.json KINETO_LOG_LEVEL=6 MPLBACKEND=Agg PYTHONHASHSEED=0
+
+.PHONY: setup lab test test-fast benchmarks clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt constraints-cpu.txt scripts/install.sh
+	bash scripts/install.sh $(VENV)
+
+lab: setup
+	bash scripts/lab.sh $(VENV)
+
+# Library unit tests, graders (solutions pass, stubs fail, mistakes caught) and every notebook executed by nbval.
+test: setup
+	$(TEST_ENV) $(PYTHON_BIN) -m pytest tests notebooks --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=300 -p no:cacheprovider
+
+# The library and graders only, without executing the notebooks.
+test-fast: setup
+	$(TEST_ENV) $(PYTHON_BIN) -m pytest tests -p no:cacheprovider
+
+benchmarks: setup
+	for b in benchmarks/*.py; do $(TEST_ENV) $(PYTHON_BIN) $$b || exit 1; done
+
+clean:
+	rm -rf $(BUILD) .pytest_cache

@@ -1,0 +1,62 @@
+"""Device, dtype and seeding helpers shared by every chapter.
+
+CUDA when present, else CPU. On CPU the low-precision autocast dtype is bf16: fp16 matmuls on
+a CPU are tens of times slower than fp32, and CPU autocast defaults to bf16 anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device to run on: `prefer` if given ("cpu", "cuda"), else CUDA when present, else CPU."""
+    if prefer is not None:
+        device = torch.device(prefer)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("CUDA was requested but torch.cuda.is_available() is False; use 'cpu'.")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype:
+    """The low-precision dtype autocast should use on `device`.
+
+    bf16 on CPU and on GPUs that support it (no loss scaling needed); fp16 on older GPUs.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtype | None = None):
+    """torch.autocast for `device` with the course's default low-precision dtype."""
+    device = torch.device(device)
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype or autocast_dtype(device))
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a torch.Generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    return torch.Generator().manual_seed(seed)
+
+
+def describe(device: torch.device | str) -> str:
+    """One line naming the device, for notebook headers."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"cpu: {torch.get_num_threads()} threads, torch {torch.__version__}"

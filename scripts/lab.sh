@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Open JupyterLab on the course's notebooks (`make lab` calls this after `make setup`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${1:-.venv}"
+extra=()
+# JupyterLab refuses to run as root without this flag; a learner's laptop does not need it.
+if [ "$(id -u)" = "0" ]; then extra+=(--allow-root); fi
+exec "$venv/bin/jupyter" lab notebooks/01_lora.ipynb --notebook-dir=. "${extra[@]}" ${EFFTRAIN_LAB_ARGS:-}
