@@ -153,3 +153,17 @@ def load_pretrained(**config_overrides) -> TinyTransformer:
     model = TinyTransformer(config)
     model.load_state_dict(load_file(PRETRAINED_CHECKPOINT))
     return model
+
+
+@torch.no_grad()
+def generate(model: TinyTransformer, prompt_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Greedy continuation of a 1-D tensor of token ids (deterministic, so outputs can be compared)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = prompt_ids.to(device)[None]
+    for _ in range(new_tokens):
+        logits = model(ids[:, -model.config.max_seq_len:])
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    model.train(was_training)
+    return ids[0].cpu()

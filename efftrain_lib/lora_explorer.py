@@ -1,0 +1,146 @@
+"""The LoRA chapter's sliders: plain functions that compute what the widgets show.
+
+The widgets are thin shells (`rank_explorer`, `spectrum_explorer`, `scaling_explorer`) around these
+functions, which pytest tests; nbval never renders a widget, so the logic must live out here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import torch
+
+# Layer shapes a learner can pick: (out_features, in_features).
+LAYER_SHAPES = {
+    "LLaMA-7B q_proj (4096 x 4096)": (4096, 4096),
+    "LLaMA-7B up_proj (11008 x 4096)": (11008, 4096),
+    "LLaMA-70B q_proj (8192 x 8192)": (8192, 8192),
+    "tiny model q_proj (64 x 64)": (64, 64),
+}
+
+
+def lora_parameter_count(out_features: int, in_features: int, rank: int) -> dict:
+    """Trainable parameters of a rank-r LoRA on one (out x in) weight, and its share of the full matrix."""
+    if min(out_features, in_features) < 1:
+        raise ValueError(f"layer dimensions must be >= 1, got {out_features} x {in_features}")
+    if not 1 <= rank <= min(out_features, in_features):
+        raise ValueError(f"rank must be in [1, min(out, in) = {min(out_features, in_features)}], got {rank}")
+    lora = (out_features + in_features) * rank
+    full = out_features * in_features
+    return {"lora": lora, "full": full, "percent": 100.0 * lora / full}
+
+
+def scaling(alpha: float, rank: int, rslora: bool = False) -> float:
+    """LoRA's alpha / r, or rsLoRA's alpha / sqrt(r)."""
+    return alpha / math.sqrt(rank) if rslora else alpha / rank
+
+
+def singular_values(delta: torch.Tensor) -> torch.Tensor:
+    """Singular values of a weight update, largest first (fp32)."""
+    return torch.linalg.svdvals(delta.detach().float())
+
+
+def energy_captured(values: torch.Tensor, k: int) -> float:
+    """Share of ||delta||_F^2 held by the top-k singular values: how low-rank the update really is."""
+    energy = values.pow(2)
+    return (energy[:k].sum() / energy.sum()).item()
+
+
+def update_norm_by_rank(ranks, alpha: float, features: int = 256, entry_std: float = 0.02,
+                        seed: int = 0) -> dict[str, list[float]]:
+    """||scaling * B A x|| for random A (Kaiming-uniform, as LoRA starts) and B with entries of a fixed size.
+
+    B's entries are held at the same size for every rank (as after training with a fixed learning
+    rate), so B A x grows like sqrt(r): alpha / r shrinks the update like 1/sqrt(r), while rsLoRA's
+    alpha / sqrt(r) keeps it flat. This is the argument of the rsLoRA paper (Kalajdzievski 2023).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(features, generator=generator)
+    norms = {"alpha / r": [], "alpha / sqrt(r) (rsLoRA)": []}
+    bound = 1 / math.sqrt(features)
+    for rank in ranks:
+        a = (torch.rand(rank, features, generator=generator) * 2 - 1) * bound
+        b = torch.randn(features, rank, generator=generator) * entry_std
+        raw = (b @ (a @ x)).norm().item()
+        norms["alpha / r"].append(raw * scaling(alpha, rank))
+        norms["alpha / sqrt(r) (rsLoRA)"].append(raw * scaling(alpha, rank, rslora=True))
+    return norms
+
+
+# ---- drawing (plain matplotlib, so the static notebook shows the same picture) ----
+
+def draw_rank_budget(ax, out_features: int, in_features: int, rank: int, alpha: float) -> None:
+    ranks = [r for r in (1, 2, 4, 8, 16, 32, 64, 128, 256) if r <= min(out_features, in_features)]
+    ax.plot(ranks, [lora_parameter_count(out_features, in_features, r)["percent"] for r in ranks], "o-")
+    count = lora_parameter_count(out_features, in_features, rank)
+    ax.plot([rank], [count["percent"]], "o", color="red", markersize=10)
+    ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="% of the layer's parameters trained",
+           title=f"r={rank}: {count['lora']:,} of {count['full']:,} ({count['percent']:.3f}%), "
+                 f"scaling alpha/r = {scaling(alpha, rank):.3g}")
+
+
+def draw_spectra(ax, spectra: dict[str, torch.Tensor], rank: int | None = None) -> None:
+    for label, values in spectra.items():
+        ax.semilogy(range(1, len(values) + 1), values.clamp_min(1e-12).numpy(), ".-", label=label)
+    if rank is not None:
+        ax.axvline(rank, color="gray", linestyle=":", label=f"LoRA rank r={rank}")
+    ax.set(xlabel="index", ylabel="singular value of the update", title="How low-rank is the learned update?")
+    ax.legend()
+
+
+def draw_update_norms(ax, ranks, alpha: float) -> None:
+    for label, norms in update_norm_by_rank(ranks, alpha).items():
+        ax.plot(ranks, norms, "o-", label=label)
+    ax.set(xscale="log", xlabel="rank r", ylabel="||scaling * B A x||",
+           title=f"Update size vs rank at alpha={alpha:g} (B entries of fixed size)")
+    ax.legend()
+
+
+# ---- widgets (thin shells) ----
+
+def _interactive(draw, **controls):
+    import ipywidgets as widgets
+
+    out = widgets.Output()
+
+    def redraw(**values):
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(7, 3.5))
+            draw(ax, **values)
+            plt.show()
+
+    return widgets.VBox([widgets.interactive(redraw, **controls), out])
+
+
+def rank_explorer():
+    """Rank and alpha -> trainable parameters and percentage for a chosen layer shape."""
+    import ipywidgets as widgets
+
+    def draw(ax, shape, rank, alpha):
+        out_features, in_features = LAYER_SHAPES[shape]
+        draw_rank_budget(ax, out_features, in_features, min(rank, out_features, in_features), alpha)
+
+    return _interactive(draw, shape=widgets.Dropdown(options=list(LAYER_SHAPES)),
+                        rank=widgets.IntSlider(value=8, min=1, max=64),
+                        alpha=widgets.FloatSlider(value=16.0, min=1.0, max=64.0))
+
+
+def spectrum_explorer(spectra_by_layer: dict[str, dict[str, torch.Tensor]], rank: int):
+    """Pick a layer: the singular values of its learned updates (LoRA vs full fine-tuning)."""
+    import ipywidgets as widgets
+
+    def draw(ax, layer, top):
+        draw_spectra(ax, {k: v[:top] for k, v in spectra_by_layer[layer].items()}, rank)
+
+    return _interactive(draw, layer=widgets.Dropdown(options=list(spectra_by_layer)),
+                        top=widgets.IntSlider(value=32, min=4, max=64))
+
+
+def scaling_explorer(ranks=(1, 2, 4, 8, 16, 32, 64, 128, 256)):
+    """Alpha slider: the update size across ranks under alpha/r and alpha/sqrt(r)."""
+    import ipywidgets as widgets
+
+    return _interactive(lambda ax, alpha: draw_update_norms(ax, list(ranks), alpha),
+                        alpha=widgets.FloatSlider(value=16.0, min=1.0, max=64.0))
