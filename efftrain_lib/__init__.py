@@ -9,6 +9,8 @@ One module per concern:
   liveplot  - the live memory plot
   lora      - LoRA, rsLoRA and DoRA built from scratch, hardened
   adapters  - saving and loading LoRA adapters in PEFT's on-disk format
+  reference_models - a tiny LlamaForCausalLM and the bridge to PEFT, for checking against it
+  lora_explorer    - the LoRA chapter's slider logic
   grade     - the exercise grader (python -m efftrain_lib.grade CHAPTER)
   drill     - interview drill cards (python -m efftrain_lib.drill)
 """
