@@ -1,0 +1,111 @@
+"""Graders for the course's exercises, one module per chapter.
+
+A grader module (e.g. efftrain_lib/grading/lora.py) defines
+
+    CHECKS = Checks()                      # the ordered list of checks
+    EXERCISES = {"1.1": "LoRALinear: ...", ...}   # titles, for the report (optional)
+
+    @CHECKS.add("1.1", "output equals base at init", hint="lora_B must start at zero ...")
+    def _(impl):                           # impl: the learner's module, loaded from <DIR>/<file>
+        ...
+        return passed("max |diff| 0 vs base(x)")  # or failed(detail, hint)
+
+and optionally `def prepare(): ...` (heavy imports such as PEFT, run once before the timed checks).
+Checks call the learner's code only through the exercise API, so any correct implementation passes;
+each failure should carry a hint that names the likely mistake, and each check should be proven by a
+mistake in tests/grading/mistakes/<chapter>/ (see tests/grading/test_lora_graders.py).
+
+A check that raises NotImplementedError is reported as a stub, another exception as an error (type
+and message, plus the check's default hint), a check that runs too long as timed out: the harness
+(efftrain_lib/grade.py) does that, so checks are plain straight-line code.
+
+To add a chapter: write its grader module here and make sure CHAPTERS below names it. The chapters
+of the course are registered already; the harness reports "no graders yet" for a missing module.
+`register()` adds one at run time (a notebook, a test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a check function returns: passed or not, the measured discrepancy, and a hint."""
+
+    passed: bool
+    detail: str = ""
+    hint: str = ""
+
+
+def passed(detail: str = "") -> Outcome:
+    return Outcome(True, detail, "")
+
+
+def failed(detail: str, hint: str = "") -> Outcome:
+    return Outcome(False, detail, hint)
+
+
+@dataclass(frozen=True)
+class Check:
+    exercise: str  # "1.1"
+    name: str  # "output equals base at init"
+    func: Callable[..., Outcome]
+    hint: str = ""  # shown when the check errors out rather than returning a failure
+
+
+class Checks:
+    """An ordered collection of checks, filled with the @CHECKS.add(exercise, name) decorator."""
+
+    def __init__(self) -> None:
+        self._checks: list[Check] = []
+
+    def add(self, exercise: str, name: str, hint: str = "") -> Callable:
+        def decorator(func: Callable[..., Outcome]) -> Callable[..., Outcome]:
+            if any(c.exercise == exercise and c.name == name for c in self._checks):
+                raise ValueError(f"duplicate check {exercise} {name!r}")
+            self._checks.append(Check(exercise, name, func, hint))
+            return func
+
+        return decorator
+
+    def __iter__(self) -> Iterator[Check]:
+        return iter(self._checks)
+
+    def __len__(self) -> int:
+        return len(self._checks)
+
+
+@dataclass(frozen=True)
+class Chapter:
+    grader: str  # the grader module's import name
+    filename: str  # the file graded inside an implementation directory
+    notebook: str = ""  # where the learner reads about it (for messages; "" if not written yet)
+    title: str = ""
+
+
+CHAPTERS: dict[str, Chapter] = {
+    "memory_math": Chapter(
+        "efftrain_lib.grading.memory_math", "memory_math.py", "notebooks/00_memory_anatomy.ipynb",
+        "Chapter 0: memory anatomy",
+    ),
+    "lora": Chapter("efftrain_lib.grading.lora", "lora.py", "notebooks/01_lora.ipynb", "Chapter 1: LoRA"),
+    "checkpointing": Chapter(
+        "efftrain_lib.grading.checkpointing", "checkpointing.py",
+        "notebooks/02_gradient_checkpointing.ipynb", "Chapter 2: gradient checkpointing",
+    ),
+    "loss_scaling": Chapter(
+        "efftrain_lib.grading.loss_scaling", "loss_scaling.py", "", "Chapter 3: mixed precision and loss scaling",
+    ),
+    "accumulation": Chapter(
+        "efftrain_lib.grading.accumulation", "accumulation.py", "", "Chapter 4: gradient accumulation",
+    ),
+}
+
+
+def register(name: str, grader: str, filename: str, notebook: str = "", title: str = "") -> Chapter:
+    """Register (or replace) a chapter at run time; returns its entry."""
+    chapter = Chapter(grader, filename, notebook, title)
+    CHAPTERS[name] = chapter
+    return chapter

@@ -1,0 +1,27 @@
+"""Mistake: dropout applied to the layer's whole output."""
+
+from pathlib import Path
+
+import torch.nn.functional as F
+
+from efftrain_lib.grade import load_module
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "lora.py")
+
+# The checks that must fail, and words their message (discrepancy + hint) must contain.
+CAUGHT_BY = {
+    "dropout leaves the base path alone": ["dropout", "base(x) must pass through untouched"],
+    "dropout drops the LoRA branch's inputs in train mode": ["dropout", "not on the branch's output"],
+}
+
+
+class LoRALinear(_solution.LoRALinear):
+    def forward(self, x):
+        if self.merged:
+            return self.dropout(self.base(x))
+        y = self.base(x) + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+        return self.dropout(y)  # BUG: drops the frozen path's output too
+
+
+_solution.LoRALinear = LoRALinear  # so that the solution's apply_lora builds the broken layer too
+apply_lora, count_parameters = _solution.apply_lora, _solution.count_parameters

@@ -1,0 +1,29 @@
+"""Mistake: matching only the last name component: 'attn.v_proj' and full names never match."""
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from efftrain_lib.grade import load_module
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "lora.py")
+
+# The checks that must fail, and words their message (discrepancy + hint) must contain.
+CAUGHT_BY = {
+    "name matching: dotted suffixes and full names": ["last name component", "dotted suffix", "'attn.v_proj' must match 'layers.0.attn.v_proj'"],
+}
+
+
+def apply_lora(model, target_modules, rank, alpha, dropout=0.0):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, module in list(model.named_modules()):
+        matched = name.split(".")[-1] in target_modules  # BUG: a target can be a dotted suffix or a full name
+        if matched and isinstance(module, nn.Linear):
+            parent_name, _, child_name = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child_name, LoRALinear(module, rank, alpha, dropout))
+    return model
+
+
+LoRALinear = _solution.LoRALinear
+count_parameters = _solution.count_parameters
