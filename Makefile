@@ -5,7 +5,7 @@ PYTHON_BIN := $(VENV)/bin/python
 BUILD := $(CURDIR)/.build
 TEST_ENV := MPLCONFIGDIR=$(BUILD)/mpl IPYTHONDIR=$(BUILD)/ipython JUPYTER_CONFIG_DIR=$(BUILD)/jupyter/config \
 	JUPYTER_DATA_DIR=$(BUILD)/jupyter/data JUPYTER_RUNTIME_DIR=$(BUILD)/jupyter/runtime HF_HOME=$(BUILD)/hf \
-	EFFTRAIN_DRILL_PROGRESS=$(BUILD)/drill_progress.json KINETO_LOG_LEVEL=6 MPLBACKEND=Agg PYTHONHASHSEED=0
+	EFFTRAIN_DRILL_PROGRESS=$(BUILD)/drill_progress.json KINETO_LOG_LEVEL=6 EFFTRAIN_LIVEPLOT=static PYTHONHASHSEED=0
 
 .PHONY: setup lab test test-fast benchmarks clean
 
