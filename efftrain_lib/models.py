@@ -156,14 +156,23 @@ def load_pretrained(**config_overrides) -> TinyTransformer:
 
 
 @torch.no_grad()
-def generate(model: TinyTransformer, prompt_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """Greedy continuation of a 1-D tensor of token ids (deterministic, so outputs can be compared)."""
+def generate(model: TinyTransformer, prompt_ids: torch.Tensor, new_tokens: int,
+             temperature: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """Continue a 1-D tensor of token ids. temperature 0 is greedy; otherwise sampled with a seeded
+    generator, so the same call gives the same text (outputs can be compared across models)."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
     ids = prompt_ids.to(device)[None]
     for _ in range(new_tokens):
-        logits = model(ids[:, -model.config.max_seq_len:])
-        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        logits = model(ids[:, -model.config.max_seq_len:])[:, -1].float().cpu()
+        if temperature == 0:
+            next_id = logits.argmax(-1, keepdim=True)
+        else:
+            next_id = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)
+        ids = torch.cat([ids, next_id.to(device)], dim=1)
     model.train(was_training)
     return ids[0].cpu()

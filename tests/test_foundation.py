@@ -5,7 +5,7 @@ import torch
 
 from efftrain_lib import data
 from efftrain_lib.devices import autocast_dtype, get_device, seed_everything
-from efftrain_lib.models import TinyConfig, TinyTransformer, language_model_loss, load_pretrained
+from efftrain_lib.models import TinyConfig, TinyTransformer, generate, language_model_loss, load_pretrained
 from efftrain_lib.training import evaluate, train
 
 SMALL = TinyConfig(vocab_size=data.VOCAB_SIZE, dim=32, n_layers=2, n_heads=4, ffn_dim=64, max_seq_len=16)
@@ -122,3 +122,16 @@ def test_loss_ignores_minus_100_targets():
     targets = torch.tensor([[1, -100, 2]])
     expected = torch.nn.functional.cross_entropy(logits[0, [0, 2]], torch.tensor([1, 2]))
     assert torch.allclose(language_model_loss(logits, targets), expected)
+
+
+def test_generation_is_repeatable_and_greedy_at_temperature_zero():
+    model = load_pretrained()
+    prompt = data.encode("Shall I")
+    sampled = generate(model, prompt, 20, temperature=0.8, seed=1)
+    assert torch.equal(sampled, generate(model, prompt, 20, temperature=0.8, seed=1))
+    assert torch.equal(sampled[:7], prompt) and len(sampled) == 27
+    greedy = generate(model, prompt, 5)
+    logits = model.eval()(prompt[None])[0, -1]
+    assert greedy[7] == logits.argmax()
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, prompt, 1, temperature=-1)
