@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from .lora import DoRALinear, LoRALinear, apply_lora, lora_layers, matching_module_names
+from .lora import LoRALinear, adapter_tensors, apply_lora, lora_layers, matching_module_names
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "load_adapter", "save_adapter"]
 
@@ -168,7 +168,7 @@ def save_adapter(
     tensors = {
         f"{PEFT_PREFIX}{name}.{_DISK_SUFFIX[attr]}": tensor.detach().contiguous().cpu()
         for name, layer in layers.items()
-        for attr, tensor in _layer_tensors(layer).items()
+        for attr, tensor in adapter_tensors(layer).items()
     }
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -176,12 +176,6 @@ def save_adapter(
     (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory
 
-
-def _layer_tensors(layer: LoRALinear) -> dict[str, torch.Tensor]:
-    tensors = {"lora_A": layer.lora_A, "lora_B": layer.lora_B}
-    if isinstance(layer, DoRALinear):
-        tensors["magnitude"] = layer.magnitude
-    return tensors
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,7 +294,7 @@ def load_adapter(model: nn.Module, directory: Union[str, Path]) -> nn.Module:
     layers = lora_layers(model)
     with torch.no_grad():
         for name in targets:
-            params = _layer_tensors(layers[name])
+            params = adapter_tensors(layers[name])
             for attr, (_, tensor) in by_layer[name].items():
                 params[attr].copy_(tensor.to(dtype=params[attr].dtype, device=params[attr].device))
     return model

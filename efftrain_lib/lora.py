@@ -447,6 +447,14 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
 
 
+def adapter_tensors(layer: LoRALinear) -> dict[str, nn.Parameter]:
+    """A layer's trainable adapter tensors by role: lora_A, lora_B and, for DoRA, magnitude."""
+    tensors = {"lora_A": layer.lora_A, "lora_B": layer.lora_B}
+    if isinstance(layer, DoRALinear):
+        tensors["magnitude"] = layer.magnitude
+    return tensors
+
+
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The adapter's trainable tensors (A, B, and DoRA's magnitude): what the optimizer should get."""
     params: list[nn.Parameter] = []

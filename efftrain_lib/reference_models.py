@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .lora import DoRALinear, LoRALinear, lora_layers
+from .lora import adapter_tensors, lora_layers
 
 if TYPE_CHECKING:  # for annotations only; never imported at run time here
     from peft import PeftModel
@@ -107,12 +107,6 @@ def _peft_layer_tensors(module: nn.Module) -> dict[str, nn.Parameter]:
     return tensors
 
 
-def _our_layer_tensors(layer: LoRALinear) -> dict[str, nn.Parameter]:
-    tensors = {"lora_A": layer.lora_A, "lora_B": layer.lora_B}
-    if isinstance(layer, DoRALinear):
-        tensors["magnitude"] = layer.magnitude
-    return tensors
-
 
 def paired_lora_parameters(ours: nn.Module, peft_model: nn.Module) -> list[tuple[str, nn.Parameter, nn.Parameter]]:
     """(name, our parameter, PEFT's parameter) for every adapter tensor, e.g. 'model.layers.0.self_attn.q_proj.lora_A'.
@@ -131,7 +125,7 @@ def paired_lora_parameters(ours: nn.Module, peft_model: nn.Module) -> list[tuple
         if peft_layer is None or not hasattr(peft_layer, "lora_A"):
             raise ValueError(f"PEFT model has no LoRA layer {peft_name!r} to pair with our {name!r}.")
         theirs = _peft_layer_tensors(peft_layer)
-        for key, param in _our_layer_tensors(layer).items():
+        for key, param in adapter_tensors(layer).items():
             if key not in theirs:
                 raise ValueError(f"PEFT layer {peft_name!r} has no {key} (DoRA on one side only?).")
             if theirs[key].shape != param.shape:

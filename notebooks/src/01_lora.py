@@ -255,7 +255,7 @@ for targets in (["1.self_attn.q_proj"], ["proj"]):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from efftrain_lib.lora import LoRALinear, apply_lora, count_parameters, lora_layers, merge_lora, unmerge_lora
+from efftrain_lib.lora import LoRALinear, apply_lora, count_parameters, lora_layers
 
 ours = load_pretrained()
 scratch = load_pretrained()
@@ -632,16 +632,24 @@ with torch.no_grad():
     library_dora.lora_B.copy_(scratch_dora.lora.lora_B)
     scratch_dora.magnitude.mul_(1.1)
     library_dora.magnitude.copy_(scratch_dora.magnitude)
+# And the from-scratch rsLoRA branch against the library's use_rslora=True.
+scratch_rs = RSLoRALayer(64, 32, rank=4, alpha=8)
+library_rs = LoRALinear(base_linear, rank=4, alpha=8, use_rslora=True)
+with torch.no_grad():
+    scratch_rs.lora_B.normal_(std=0.1)
+    library_rs.lora_A.copy_(scratch_rs.lora_A)
+    library_rs.lora_B.copy_(scratch_rs.lora_B)
 x = torch.randn(8, 64)
-scratch_diff = max_abs_diff(scratch_dora(x), library_dora(x))
+scratch_diff = max(max_abs_diff(scratch_dora(x), library_dora(x)),
+                   max_abs_diff(base_linear(x) + scratch_rs(x), library_rs(x)))
 for variant, logits_diff, grad_diff in variant_rows:
     print(f"{variant}: ours vs PEFT logits max |diff| = {logits_diff:.1e}, gradients {grad_diff:.1e}")
-print(f"DoRA from scratch vs library: max |diff| = {scratch_diff:.1e}")
+print(f"rsLoRA and DoRA from scratch vs the library: max |diff| = {scratch_diff:.1e}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
 print("rsLoRA and DoRA equal to PEFT within", TOLERANCE, ":", all(max(r[1], r[2]) < TOLERANCE for r in variant_rows))
-print("DoRA from scratch equals the library within", TOLERANCE, ":", scratch_diff < TOLERANCE)
+print("rsLoRA and DoRA from scratch equal the library within", TOLERANCE, ":", scratch_diff < TOLERANCE)
 
 # %% [markdown]
 # ## 10. Myths vs measurement

@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import torch.nn as nn
 
 from efftrain_lib.grade import load_module
 
