@@ -96,10 +96,12 @@ CHAPTERS: dict[str, Chapter] = {
         "notebooks/02_gradient_checkpointing.ipynb", "Chapter 2: gradient checkpointing",
     ),
     "loss_scaling": Chapter(
-        "efftrain_lib.grading.loss_scaling", "loss_scaling.py", "", "Chapter 3: mixed precision and loss scaling",
+        "efftrain_lib.grading.loss_scaling", "loss_scaling.py", "notebooks/03_mixed_precision.ipynb",
+        "Chapter 3: mixed precision and loss scaling",
     ),
     "accumulation": Chapter(
-        "efftrain_lib.grading.accumulation", "accumulation.py", "", "Chapter 4: gradient accumulation",
+        "efftrain_lib.grading.accumulation", "accumulation.py", "notebooks/04_gradient_accumulation.ipynb",
+        "Chapter 4: gradient accumulation",
     ),
 }
 
