@@ -879,18 +879,21 @@ class Quiz:
 
     Displayed in JupyterLab it is the widget (`.widget`); anywhere without a widget frontend
     (nbval, a terminal IPython, print) it is a text summary of the current card, which is
-    deterministic for a given progress file. The action methods (reveal, check, got_it,
-    missed_it, next) are what the buttons call, usable directly as well.
+    deterministic for a given progress file. The action methods are what the buttons call, usable
+    directly as well: reveal, check, next, and grade_and_next for "I got it" / "I missed it"
+    (got_it / missed_it grade without moving on).
     """
 
     def __init__(self, session: DrillSession, chapter: str = "all"):
         self.session = session
         self.chapter = chapter
         self._box = None
+        self._note = ""  # what the last self-grade recorded, shown on the card that follows it
 
     # -- actions (the buttons call these) -----------------------------------------------------
     def reveal(self) -> str:
         answer = self.session.reveal() if not self.session.done else ""
+        self._note = ""
         self._refresh()
         return answer
 
@@ -901,6 +904,7 @@ class Quiz:
         if text is None:
             text = self.answer_box.value if self._box is not None else ""
         result = self.session.check(text)
+        self._note = ""
         self._refresh()
         return result
 
@@ -917,10 +921,31 @@ class Quiz:
 
     def next(self) -> Card | None:
         card = self.session.next()
+        self._note = ""
         if self._box is not None:
             self.answer_box.value = ""
         self._refresh()
         return card
+
+    def grade_and_next(self, correct: bool) -> None:
+        """What "I got it" / "I missed it" do: record the revealed card, then show the next one.
+
+        The answer was read before grading, so staying on the card would only cost a click on Next;
+        the next card says what was recorded. A numeric card's Check stays put instead: its feedback
+        (what you said, what was expected) is worth reading.
+        """
+        s = self.session
+        if s.done or s.graded or not s.revealed:
+            self._refresh()
+            return
+        card = s.current
+        s.grade(correct)
+        self.next()
+        self._note = (
+            f"Recorded {card.id}: got it." if correct
+            else f"Recorded {card.id}: missed; it comes back first next time."
+        )
+        self._refresh()
 
     # -- text ---------------------------------------------------------------------------------
     def score_text(self) -> str:
@@ -994,8 +1019,8 @@ class Quiz:
         self.check_button.on_click(lambda _: self.check())
         self.answer_box.observe(lambda ch: self.check(ch["new"]) if ch["new"] else None, names="value")
         self.reveal_button.on_click(lambda _: self.reveal())
-        self.got_button.on_click(lambda _: self.got_it())
-        self.missed_button.on_click(lambda _: self.missed_it())
+        self.got_button.on_click(lambda _: self.grade_and_next(True))
+        self.missed_button.on_click(lambda _: self.grade_and_next(False))
         self.next_button.on_click(lambda _: self.next())
 
         self.numeric_row = w.HBox([self.answer_box, self.check_button])
@@ -1022,7 +1047,8 @@ class Quiz:
         if card is None:
             self.header_label.value = f"<b>Interview drill: {html.escape(self.chapter)}</b>"
             self.question_label.value = _html_text(f"All cards done. {s.summary()}")
-            self.answer_html.value = self.feedback.value = ""
+            self.answer_html.value = ""
+            self.feedback.value = html.escape(self._note)
             self.numeric_row.layout.display = "none"
             for b in (self.reveal_button, self.got_button, self.missed_button, self.next_button):
                 b.disabled = True
@@ -1041,7 +1067,7 @@ class Quiz:
                 "Recorded: got it." if s.result else "Recorded: missed; it comes back first next time."
             )
         else:
-            self.feedback.value = ""
+            self.feedback.value = html.escape(self._note)
         self.reveal_button.disabled = s.revealed
         # Self-grading is for after the reveal, and only once per card.
         self.got_button.disabled = self.missed_button.disabled = not s.revealed or s.graded

@@ -4,7 +4,10 @@ Drawing lives in plain functions that take an Axes (`plot_step_timelines`, `plot
 `plot_breakdowns`), so pytest can check them on an Agg figure. `LiveMemoryPlot` only decides
 when to call them and where the picture goes:
 
-* "widget"  - the matplotlib backend is ipympl (`%matplotlib widget`): one canvas, redrawn in place;
+* "widget"  - the matplotlib backend is ipympl (`%matplotlib widget`): drawn as in "display" mode. An
+              ipympl canvas cannot show a picture while its cell runs: it draws only after a
+              handshake with the kernel, which answers once training is over (seen in JupyterLab:
+              a blank "Figure" box until the end, then a canvas wider than the output area);
 * "display" - any other backend inside a Jupyter kernel: a PNG in an output that is updated in
               place through an IPython display handle (JupyterLab, VS Code, nbconvert all apply it);
 * "static"  - no kernel (plain python, pytest), `interactive=False`, EFFTRAIN_LIVEPLOT=static
@@ -319,8 +322,7 @@ class LiveMemoryPlot:
         self.min_interval_s = min_interval_s
         self.runs: dict[str, _Run] = {}
         self._last_draw = float("-inf")
-        self._handle = None  # the IPython display handle ("display" mode)
-        self._shown = False
+        self._handle = None  # the IPython display handle (live modes)
         self.figure = self._make_figure(figsize or (5.2 * len(panels), 3.8))
         self.axes = dict(zip(panels, self.figure.subplots(1, len(panels), squeeze=False)[0]))
 
@@ -329,11 +331,7 @@ class LiveMemoryPlot:
         return self.mode != "static"
 
     def _make_figure(self, figsize) -> Figure:
-        if self.mode == "widget":
-            import matplotlib.pyplot as plt
-
-            with plt.ioff():  # we display the canvas ourselves, exactly once
-                return plt.figure(figsize=figsize, layout="constrained")
+        # Not through pyplot, whatever the backend: pyplot would also show it at the end of the cell.
         return Figure(figsize=figsize, layout="constrained")
 
     # -- feeding it ---------------------------------------------------------------------------
@@ -407,13 +405,8 @@ class LiveMemoryPlot:
         """Send the drawn figure to the notebook (live modes only)."""
         from IPython.display import Image, display
 
-        if self.mode == "widget":
-            if not self._shown:
-                display(self.figure.canvas)
-                self._shown = True
-            self.figure.canvas.draw()
-            self.figure.canvas.flush_events()  # push now: the kernel is busy training
-        elif self._handle is None:
+        # "widget" (ipympl) too: its canvas would stay blank until the training cell ends.
+        if self._handle is None:
             self._handle = display(Image(data=_png(self.figure)), display_id=True)
         else:
             self._handle.update(Image(data=_png(self.figure)))

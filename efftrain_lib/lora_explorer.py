@@ -6,10 +6,12 @@ functions, which pytest tests; nbval never renders a widget, so the logic must l
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 
-import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure
 
 # Layer shapes a learner can pick: (out_features, in_features).
 LAYER_SHAPES = {
@@ -48,21 +50,25 @@ def energy_captured(values: torch.Tensor, k: int) -> float:
 
 
 def update_norm_by_rank(ranks, alpha: float, features: int = 256, entry_std: float = 0.02,
-                        seed: int = 0) -> dict[str, list[float]]:
+                        seed: int = 0, trials: int = 32) -> dict[str, list[float]]:
     """||scaling * B A x|| for random A (Kaiming-uniform, as LoRA starts) and B with entries of a fixed size.
 
     B's entries are held at the same size for every rank (as after training with a fixed learning
     rate), so B A x grows like sqrt(r): alpha / r shrinks the update like 1/sqrt(r), while rsLoRA's
     alpha / sqrt(r) keeps it flat. This is the argument of the rsLoRA paper (Kalajdzievski 2023).
+    Each norm is the root-mean-square over `trials` draws of A, B and x: one draw is noisy enough
+    (a factor 2 between neighbouring ranks) to hide the trend the plot is there to show.
     """
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(features, generator=generator)
-    norms = {"alpha / r": [], "alpha / sqrt(r) (rsLoRA)": []}
     bound = 1 / math.sqrt(features)
+    norms = {"alpha / r": [], "alpha / sqrt(r) (rsLoRA)": []}
     for rank in ranks:
-        a = (torch.rand(rank, features, generator=generator) * 2 - 1) * bound
-        b = torch.randn(features, rank, generator=generator) * entry_std
-        raw = (b @ (a @ x)).norm().item()
+        x = torch.randn(trials, features, 1, generator=generator)
+        a = (torch.rand(trials, rank, features, generator=generator) * 2 - 1) * bound
+        b = torch.randn(trials, features, rank, generator=generator) * entry_std
+        raw = (b @ (a @ x)).squeeze(-1).norm(dim=-1).pow(2).mean().sqrt().item()
         norms["alpha / r"].append(raw * scaling(alpha, rank))
         norms["alpha / sqrt(r) (rsLoRA)"].append(raw * scaling(alpha, rank, rslora=True))
     return norms
@@ -80,38 +86,83 @@ def draw_rank_budget(ax, out_features: int, in_features: int, rank: int, alpha: 
                  f"scaling alpha/r = {scaling(alpha, rank):.3g}")
 
 
-def draw_spectra(ax, spectra: dict[str, torch.Tensor], rank: int | None = None) -> None:
+def draw_spectra(ax, spectra: dict[str, torch.Tensor], rank: int | None = None,
+                 title: str = "How low-rank is the learned update?") -> None:
     for label, values in spectra.items():
         ax.semilogy(range(1, len(values) + 1), values.clamp_min(1e-12).numpy(), ".-", label=label)
     if rank is not None:
         ax.axvline(rank, color="gray", linestyle=":", label=f"LoRA rank r={rank}")
-    ax.set(xlabel="index", ylabel="singular value of the update", title="How low-rank is the learned update?")
+    ax.set(xlabel="index", ylabel="singular value of the update", title=title)
     ax.legend()
 
 
-def draw_update_norms(ax, ranks, alpha: float) -> None:
+def draw_update_norms(ax, ranks, alpha: float, ymax: float | None = None) -> None:
+    """ymax: a fixed top for the y axis (the alpha slider passes the top at its largest alpha, so
+    moving it visibly scales the curves instead of only relabelling an autoscaled axis)."""
     for label, norms in update_norm_by_rank(ranks, alpha).items():
         ax.plot(ranks, norms, "o-", label=label)
     ax.set(xscale="log", xlabel="rank r", ylabel="||scaling * B A x||",
            title=f"Update size vs rank at alpha={alpha:g} (B entries of fixed size)")
+    ax.set_ylim(0, ymax)  # from zero: "how much smaller" reads off the picture
     ax.legend()
 
 
 # ---- widgets (thin shells) ----
 
-def _interactive(draw, **controls):
+def _wide(chars: int = 34) -> dict:
+    """Layout for a control wide enough for its longest option (ipywidgets' default clips them)."""
+    return {"layout": {"width": f"calc({chars}ch + 9em)"}, "style": {"description_width": "5em"}}
+
+
+_WIDE = _wide()
+
+
+def render_png(draw, figsize=(7, 3.5), **values) -> bytes:
+    """draw(ax, **values) on a figure of its own, as PNG bytes.
+
+    A pyplot-free Figure rendered to PNG shows the same under every backend: with `%matplotlib
+    widget` (ipympl) a pyplot figure per slider move would pile up interactive canvases.
+    """
+    fig = Figure(figsize=figsize)
+    draw(fig.add_subplot(), **values)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+@functools.cache
+def _explorer_box_class():
     import ipywidgets as widgets
+
+    class ExplorerBox(widgets.VBox):
+        """A VBox whose text form (what a notebook saved without a widget frontend shows, e.g. before
+        its cells are run) says what it is instead of "VBox(children=(interactive(...".
+        """
+
+        def __init__(self, children, summary: str):
+            super().__init__(children)
+            self.summary = summary
+
+        def __repr__(self) -> str:
+            return self.summary
+
+    return ExplorerBox
+
+
+def _interactive(draw, summary: str, **controls):
+    import ipywidgets as widgets
+    from IPython.display import Image, display
 
     out = widgets.Output()
 
     def redraw(**values):
+        png = render_png(draw, **values)  # draw first: the old picture stays up until the new one is ready
         with out:
             out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(7, 3.5))
-            draw(ax, **values)
-            plt.show()
+            display(Image(data=png))
 
-    return widgets.VBox([widgets.interactive(redraw, **controls), out])
+    text = f"{summary} (controls: {', '.join(controls)}; run the cell in JupyterLab to use them)"
+    return _explorer_box_class()([widgets.interactive(redraw, **controls), out], text)
 
 
 def rank_explorer():
@@ -122,9 +173,10 @@ def rank_explorer():
         out_features, in_features = LAYER_SHAPES[shape]
         draw_rank_budget(ax, out_features, in_features, min(rank, out_features, in_features), alpha)
 
-    return _interactive(draw, shape=widgets.Dropdown(options=list(LAYER_SHAPES)),
-                        rank=widgets.IntSlider(value=8, min=1, max=64),
-                        alpha=widgets.FloatSlider(value=16.0, min=1.0, max=64.0))
+    return _interactive(draw, "Rank explorer",
+                        shape=widgets.Dropdown(options=list(LAYER_SHAPES), **_WIDE),
+                        rank=widgets.IntSlider(value=8, min=1, max=64, **_WIDE),
+                        alpha=widgets.FloatSlider(value=16.0, min=1.0, max=64.0, **_WIDE))
 
 
 def spectrum_explorer(spectra_by_layer: dict[str, dict[str, torch.Tensor]], rank: int):
@@ -132,15 +184,22 @@ def spectrum_explorer(spectra_by_layer: dict[str, dict[str, torch.Tensor]], rank
     import ipywidgets as widgets
 
     def draw(ax, layer, top):
-        draw_spectra(ax, {k: v[:top] for k, v in spectra_by_layer[layer].items()}, rank)
+        draw_spectra(ax, {k: v[:top] for k, v in spectra_by_layer[layer].items()}, rank,
+                     title=f"{layer}: singular values of the update")
 
-    return _interactive(draw, layer=widgets.Dropdown(options=list(spectra_by_layer)),
-                        top=widgets.IntSlider(value=32, min=4, max=64))
+    longest = max(map(len, spectra_by_layer))
+    most = max(len(v) for spectra in spectra_by_layer.values() for v in spectra.values())
+    return _interactive(draw, "Spectrum explorer",
+                        layer=widgets.Dropdown(options=list(spectra_by_layer), **_wide(longest)),
+                        top=widgets.IntSlider(value=min(32, most), min=min(4, most), max=most, **_WIDE))
 
 
-def scaling_explorer(ranks=(1, 2, 4, 8, 16, 32, 64, 128, 256)):
+def scaling_explorer(ranks=(1, 2, 4, 8, 16, 32, 64, 128, 256), alpha_max: float = 64.0):
     """Alpha slider: the update size across ranks under alpha/r and alpha/sqrt(r)."""
     import ipywidgets as widgets
 
-    return _interactive(lambda ax, alpha: draw_update_norms(ax, list(ranks), alpha),
-                        alpha=widgets.FloatSlider(value=16.0, min=1.0, max=64.0))
+    ranks = list(ranks)
+    ymax = 1.05 * max(max(norms) for norms in update_norm_by_rank(ranks, alpha_max).values())
+    return _interactive(lambda ax, alpha: draw_update_norms(ax, ranks, alpha, ymax=ymax),
+                        "Scaling explorer",
+                        alpha=widgets.FloatSlider(value=16.0, min=1.0, max=alpha_max, **_WIDE))

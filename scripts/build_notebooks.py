@@ -63,6 +63,26 @@ def execute(notebook: nbformat.NotebookNode, timeout: int = 600) -> None:
                    resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
 
 
+TQDM_BAR = re.compile(r"\|\s*\d+/\d+ \[")  # "| 60/60 [00:02<00:00, ..." in a progress bar's text
+
+
+def drop_transient_outputs(notebook: nbformat.NotebookNode) -> None:
+    """Remove what only made sense while the notebook ran: finished progress bars and widget state.
+
+    A closed tqdm bar is saved as a widget view whose text reads "0%| | 0/60"; a learner opening the
+    notebook would see frozen bars. The widget state (hundreds of kB) is not loaded by JupyterLab.
+    """
+    notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = [
+            output for output in cell.outputs
+            if not ("application/vnd.jupyter.widget-view+json" in output.get("data", {})
+                    and TQDM_BAR.search(output["data"].get("text/plain", "")))
+        ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="notebook names without extension, e.g. 01_lora")
@@ -76,6 +96,7 @@ def main() -> int:
         notebook = build(name)
         if not args.no_execute:
             execute(notebook)
+            drop_transient_outputs(notebook)
         nbformat.write(notebook, ROOT / "notebooks" / f"{name}.ipynb")
         print(f"wrote notebooks/{name}.ipynb ({len(notebook.cells)} cells)")
     return 0

@@ -1,0 +1,642 @@
+#!/usr/bin/env python
+"""Run a chapter notebook in a real JupyterLab in headless Chromium and check that its widgets work.
+
+nbval executes the notebooks but never renders a widget; this script is the check that the sliders,
+dropdowns, quiz buttons, live memory plot and tqdm bars draw and respond in JupyterLab.
+
+    .venv/bin/python scripts/check_widgets_in_browser.py [--out DIR] [--notebook notebooks/01_lora.ipynb]
+                                                          [--matplotlib inline|widget] [--keep]
+
+--matplotlib widget runs the copy with `%matplotlib widget` (ipympl) first, as a learner may.
+
+Needs (dev only, not in pyproject):
+    apt-get install -y chromium              # Debian's package; the script never downloads a browser
+    .venv/bin/pip install playwright         # the Python driver only; do NOT run `playwright install`
+Use --chromium PATH for another Chromium/Chrome binary (default /usr/bin/chromium).
+
+What it does: copies the notebook into a temporary directory (so nothing in the checkout is saved or
+touched), starts `jupyter lab` on 127.0.0.1 with a free port, no token and every Jupyter/IPython/
+matplotlib state directory plus EFFTRAIN_DRILL_PROGRESS inside the temporary directory, opens the
+notebook, clears and runs all cells, then checks:
+
+  a  rank explorer      its figure appears; arrow keys on the rank slider redraw the figure
+  b  spectrum explorer  choosing another layer in the dropdown redraws the figure
+  c  scaling explorer   arrow keys on the alpha slider redraw the figure
+  d  quiz               Reveal shows the answer; "I got it"/"I missed it" record, update the score
+                        and move on; Next skips; a numeric card's Check says wrong / right; the
+                        progress file gets the results
+  e  live memory plot   its picture appears and is redrawn during training; the tqdm bars render;
+                        no widget anywhere is stuck on "Loading widget..." or "Error displaying widget"
+  f  errors             no cell has an error output (stderr outputs are listed and fail too:
+                        the course's notebooks are meant to be free of stderr noise)
+
+One PASS/FAIL line per check; exit status 1 if any fails. Screenshots go to --out (default: a new
+temporary directory, printed at the end). Takes under a minute on 2 CPU cores (the notebook's own
+run time plus about 20 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+BAD_WIDGET_TEXT = ("Error displaying widget", "Loading widget...")
+
+# Helpers evaluated in the page: find cells by their source, bring them into view (JupyterLab's
+# notebook may leave cells out of the DOM until they are scrolled to), read outputs from the models.
+JS_HELPERS = r"""
+() => {
+  window.__eff = {
+    panel() { return window.jupyterapp.shell.currentWidget; },
+    nb() { return this.panel().content; },
+    kernelStatus() {
+      const s = this.panel().sessionContext;
+      return s && s.session && s.session.kernel ? s.session.kernel.status : 'none';
+    },
+    findCell(text) {
+      return this.nb().widgets.findIndex(
+        c => c.model.type === 'code' && c.model.sharedModel.getSource().includes(text));
+    },
+    async show(index, tag) {
+      const nb = this.nb();
+      const cell = nb.widgets[index];
+      cell.node.setAttribute('data-eff', tag);
+      await nb.scrollToItem(index, 'start');
+      cell.node.scrollIntoView({block: 'start'});
+      return cell.isAttached !== false;
+    },
+    outputs(index) { return this.nb().widgets[index].model.outputs.toJSON(); },
+    codeCells() {
+      return this.nb().widgets.map((c, i) => [c, i]).filter(([c]) => c.model.type === 'code')
+        .map(([c, i]) => ({index: i, count: c.model.executionCount,
+                           source: c.model.sharedModel.getSource().slice(0, 80),
+                           outputs: c.model.outputs.toJSON()}));
+    },
+  };
+  return true;
+}
+"""
+
+
+class Report:
+    def __init__(self) -> None:
+        self.results: list[tuple[str, bool, str]] = []
+
+    def add(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.results.append((name, ok, detail))
+        print(f"{'PASS' if ok else 'FAIL'}  {name}" + (f": {detail}" if detail else ""), flush=True)
+        return ok
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(ok for _, ok, _ in self.results)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lab_environment(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    dirs = {
+        "JUPYTER_CONFIG_DIR": tmp / "jupyter" / "config",
+        "JUPYTER_DATA_DIR": tmp / "jupyter" / "data",
+        "JUPYTER_RUNTIME_DIR": tmp / "jupyter" / "runtime",
+        "IPYTHONDIR": tmp / "ipython",
+        "MPLCONFIGDIR": tmp / "mpl",
+        "HF_HOME": tmp / "hf",
+    }
+    for key, path in dirs.items():
+        path.mkdir(parents=True, exist_ok=True)
+        env[key] = str(path)
+    env["EFFTRAIN_DRILL_PROGRESS"] = str(tmp / "drill_progress.json")
+    env["PYTHONHASHSEED"] = "0"
+    env.pop("EFFTRAIN_LIVEPLOT", None)  # the live plot must be live here, as for a learner
+    env.pop("JUPYTER_PATH", None)
+    return env
+
+
+def write_lab_settings(settings_dir: Path) -> None:
+    """No autosave (the copy is throwaway anyway), no news or update checks (no network)."""
+    settings = {
+        "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+            "fetchNews": "false", "checkForUpdates": False},
+    }
+    for rel, value in settings.items():
+        path = settings_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+
+
+def start_lab(jupyter: Path, root: Path, env: dict[str, str], settings_dir: Path, log: Path):
+    port = free_port()
+    cmd = [str(jupyter), "lab", "--no-browser", "--ServerApp.token=", "--ServerApp.password=",
+           "--LabApp.expose_app_in_browser=True", f"--port={port}", "--ip=127.0.0.1",
+           f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={settings_dir}",
+           f"--LabApp.workspaces_dir={settings_dir.parent / 'workspaces'}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # JupyterLab refuses to run as root without it
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            cwd=root, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/status", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"jupyter lab did not answer on {url} within 90 s; see {log}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def digest(text: str | None) -> str:
+    return hashlib.sha1((text or "").encode()).hexdigest()[:10]
+
+
+class Checker:
+    def __init__(self, page, out: Path, report: Report, progress_file: Path):
+        self.page = page
+        self.out = out
+        self.report = report
+        self.progress_file = progress_file
+        self.shots: list[Path] = []
+
+    # -- page helpers ---------------------------------------------------------------------------
+    def js(self, expr: str, arg=None):
+        return self.page.evaluate(expr, arg)
+
+    def shot(self, locator, name: str, outputs_only: bool = True) -> None:
+        """Screenshot a cell's outputs (or the whole `locator` / page) into --out."""
+        path = self.out / f"{len(self.shots) + 1:02d}_{name}.png"
+        try:
+            if outputs_only and locator is not self.page:
+                wrapper = locator.locator(".jp-Cell-outputWrapper")
+                if wrapper.count():
+                    locator = wrapper.first
+            locator.screenshot(path=str(path), timeout=10_000)
+        except Exception:  # a screenshot must never hide the check's own result
+            self.page.screenshot(path=str(path))
+        self.shots.append(path)
+
+    def cell(self, source_snippet: str, tag: str):
+        index = self.js("t => window.__eff.findCell(t)", source_snippet)
+        if index < 0:
+            raise LookupError(f"no code cell contains {source_snippet!r}")
+        self.js("([i, t]) => window.__eff.show(i, t)", [index, tag])
+        locator = self.page.locator(f"[data-eff={tag}]")
+        locator.wait_for(state="attached", timeout=10_000)
+        return index, locator
+
+    def img_src(self, locator) -> str | None:
+        """The last picture under `locator`: an <img>'s data URL, or an ipympl canvas's pixels."""
+        pictures = locator.locator("img, .jupyter-matplotlib-canvas-div canvas:first-of-type")
+        if pictures.count() == 0:
+            return None
+        return pictures.last.evaluate("e => e.tagName === 'IMG' ? e.src : e.toDataURL()")
+
+    def wait_for_new_img(self, locator, before: str | None, timeout: float = 15.0) -> str | None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            src = self.img_src(locator)
+            if src and src != before:
+                self.page.wait_for_timeout(300)  # let a burst of redraws settle
+                return self.img_src(locator)
+            self.page.wait_for_timeout(200)
+        return None
+
+    def wait_widgets_rendered(self, locator, timeout: float = 15.0) -> str:
+        """'' once the cell's widgets are drawn, else what is wrong."""
+        deadline = time.time() + timeout
+        problem = "no widget drawn"
+        while time.time() < deadline:
+            text = locator.inner_text()
+            bad = [t for t in BAD_WIDGET_TEXT if t in text]
+            if not bad and locator.locator(".jupyter-widgets").count() > 0:
+                return ""
+            problem = f"shows {bad[0]!r}" if bad else "no widget drawn"
+            self.page.wait_for_timeout(250)
+        return problem
+
+    def slider(self, cell, label: str):
+        return cell.locator(".widget-slider").filter(
+            has=self.page.locator(".widget-label", has_text=label)).first
+
+    def nudge_slider(self, slider, presses: int, key: str = "ArrowRight") -> tuple[str, str]:
+        readout = slider.locator(".widget-readout")
+        before = readout.inner_text().strip()
+        handle = slider.locator(".noUi-handle")
+        handle.focus()
+        for _ in range(presses):
+            handle.press(key)
+            self.page.wait_for_timeout(40)
+        return before, readout.inner_text().strip()
+
+    # -- the checks -----------------------------------------------------------------------------
+    def check_explorer_slider(self, name: str, snippet: str, label: str, presses: int) -> None:
+        try:
+            _, cell = self.cell(snippet, name)
+            problem = self.wait_widgets_rendered(cell)
+            src = self.img_src(cell.locator(".widget-output, .jupyter-widgets-output-area"))
+            if problem or not src:
+                self.shot(cell, f"{name}_broken")
+                self.report.add(f"{name}: figure appears", False, problem or "no figure in the widget")
+                return
+            self.report.add(f"{name}: figure appears", True)
+            self.shot(cell, f"{name}_before")
+            plot_area = cell.locator(".widget-output, .jupyter-widgets-output-area")
+            before, after = self.nudge_slider(self.slider(cell, label), presses)
+            new = self.wait_for_new_img(plot_area, src)
+            self.shot(cell, f"{name}_after_{label}")
+            ok = before != after and new is not None
+            self.report.add(f"{name}: {label} slider redraws", ok,
+                            f"{label} {before} -> {after}, figure {digest(src)} -> {digest(new)}"
+                            + ("" if new else " (figure did not change)"))
+        except Exception as e:
+            self.report.add(f"{name}", False, f"{type(e).__name__}: {e}")
+
+    def check_spectrum_dropdown(self) -> None:
+        name = "spectrum_explorer"
+        try:
+            _, cell = self.cell("lora_explorer.spectrum_explorer(", name)
+            problem = self.wait_widgets_rendered(cell)
+            plot_area = cell.locator(".widget-output, .jupyter-widgets-output-area")
+            src = self.img_src(plot_area)
+            if problem or not src:
+                self.shot(cell, f"{name}_broken")
+                self.report.add(f"{name}: figure appears", False, problem or "no figure in the widget")
+                return
+            self.report.add(f"{name}: figure appears", True)
+            select = cell.locator(".widget-dropdown select").first
+            options = select.locator("option").all_inner_texts()
+            before = select.input_value()
+            select.select_option(index=min(2, len(options) - 1))
+            after = select.input_value()
+            new = self.wait_for_new_img(plot_area, src)
+            self.shot(cell, f"{name}_after_dropdown")
+            self.report.add(f"{name}: layer dropdown redraws", before != after and new is not None,
+                            f"layer {before} -> {after}, figure {digest(src)} -> {digest(new)}")
+        except Exception as e:
+            self.report.add(f"{name}", False, f"{type(e).__name__}: {e}")
+
+    def check_quiz(self) -> None:
+        name = "quiz"
+        try:
+            from efftrain_lib.drill import cards_for, format_number, load_bank
+
+            cards = {c.id: c for c in cards_for(load_bank(), "all")}
+            _, cell = self.cell('quiz("lora")', name)
+            problem = self.wait_widgets_rendered(cell)
+            if problem:
+                self.shot(cell, "quiz_broken")
+                self.report.add("quiz: widget draws", False, problem)
+                return
+            self.report.add("quiz: widget draws", True)
+
+            def button(text):
+                return cell.get_by_role("button", name=text, exact=True)
+
+            def header_id():
+                text = cell.locator(".widget-html").first.inner_text()
+                return text.split("]", 1)[1].split("·")[0].strip() if "]" in text else text
+
+            def score():
+                return cell.locator(".widget-label", has_text="Score:").first.inner_text().strip()
+
+            def until(predicate, timeout=8.0):
+                deadline = time.time() + timeout
+                while time.time() < deadline:
+                    if predicate():
+                        return True
+                    self.page.wait_for_timeout(150)
+                return False
+
+            def go_next():
+                old = header_id()
+                button("Next").click()
+                until(lambda: header_id() != old)
+                return header_id()
+
+            self.shot(cell, "quiz_start")
+
+            def to_text_card():
+                for _ in range(len(cards)):
+                    if not cards[header_id()].is_numeric:
+                        return cards[header_id()]
+                    go_next()
+                return cards[header_id()]
+
+            def self_grade(label, got):
+                card = to_text_card()
+                before = score()
+                button("Reveal answer").click()
+                revealed = until(lambda: card.answer.split()[0] in cell.inner_text()
+                                 and button(label).is_enabled())
+                if got:
+                    self.shot(cell, "quiz_revealed")
+                    self.report.add("quiz: Reveal shows the answer", revealed, f"card {card.id}")
+                button(label).click()
+                word = "got it" if got else "missed"
+                ok = until(lambda: score() != before and header_id() != card.id
+                           and f"Recorded {card.id}: {word}" in cell.inner_text())
+                if got:
+                    self.shot(cell, "quiz_after_got_it")
+                self.report.add(f"quiz: '{label}' records, updates the score and advances", ok,
+                                f"{card.id} -> {header_id()}, {before!r} -> {score()!r}")
+                return card
+
+            first = self_grade("I got it", True).id
+            self_grade("I missed it", False)
+            here = header_id()
+            after = go_next()
+            self.report.add("quiz: Next advances (skipping a card)", after != here, f"{here} -> {after}")
+
+            # Numeric cards: one wrong answer, one right answer, each through the Check button.
+            for verdict in ("wrong", "right"):
+                for _ in range(len(cards)):
+                    go_next()
+                    if cards.get(header_id()) and cards[header_id()].is_numeric:
+                        break
+                card = cards[header_id()]
+                value = card.numeric_answer if verdict == "right" else card.numeric_answer * 3 + 7
+                box = cell.locator(".widget-text input").first
+                box.fill(format_number(value))
+                before = score()
+                button("Check").click()
+                expect = "Correct" if verdict == "right" else "Not quite"
+                seen = until(lambda expect=expect, before=before:
+                             expect in cell.inner_text() and score() != before)
+                self.shot(cell, f"quiz_numeric_{verdict}")
+                self.report.add(f"quiz: numeric Check says {verdict}", seen,
+                                f"card {card.id}, typed {format_number(value)!r}, "
+                                f"score {before!r} -> {score()!r}")
+
+            saved = {}
+            if self.progress_file.exists():
+                saved = json.loads(self.progress_file.read_text())
+            text = json.dumps(saved)
+            self.report.add("quiz: progress saved to EFFTRAIN_DRILL_PROGRESS", first in text,
+                            f"{self.progress_file} {'holds' if first in text else 'lacks'} {first}")
+        except Exception as e:
+            self.shot(self.page.locator("[data-eff=quiz]"), "quiz_exception")
+            self.report.add("quiz", False, f"{type(e).__name__}: {e}")
+
+    def saved_widget_views(self) -> str:
+        """Before running: what the notebook's saved widget outputs show (information, not a check)."""
+        cells = self.js("() => window.__eff.codeCells()")
+        seen = {}
+        for c in cells:
+            if not any(WIDGET_MIME in o.get("data", {}) for o in c["outputs"]):
+                continue
+            tag = f"s{c['index']}"
+            self.js("([i, t]) => window.__eff.show(i, t)", [c["index"], tag])
+            loc = self.page.locator(f"[data-eff={tag}] .jp-Cell-outputWrapper")
+            try:
+                loc.wait_for(state="attached", timeout=5_000)
+                self.page.wait_for_timeout(500)
+                text = loc.inner_text()
+            except Exception as e:
+                text = type(e).__name__
+            kind = next((t for t in BAD_WIDGET_TEXT if t in text), None)
+            if kind is None:
+                kind = "drawn" if loc.locator(".jupyter-widgets").count() else "text fallback"
+            seen.setdefault(kind, []).append(c["index"])
+            if len(seen[kind]) == 1:
+                self.shot(self.page.locator(f"[data-eff={tag}]"), f"saved_output_{kind.split()[0].lower()}")
+        return ", ".join(f"{kind}: cells {ids}" for kind, ids in seen.items()) or "no saved widget outputs"
+
+    def check_widgets_everywhere(self) -> None:
+        """Every output holding a widget draws it (none stuck loading or erroring)."""
+        cells = self.js("() => window.__eff.codeCells()")
+        bad = []
+        for c in cells:
+            if not any(WIDGET_MIME in o.get("data", {}) for o in c["outputs"]):
+                continue
+            tag = f"w{c['index']}"
+            self.js("([i, t]) => window.__eff.show(i, t)", [c["index"], tag])
+            loc = self.page.locator(f"[data-eff={tag}] .jp-Cell-outputWrapper")
+            try:
+                loc.wait_for(state="attached", timeout=5_000)
+                deadline = time.time() + 10
+                while True:
+                    text = loc.inner_text()
+                    stuck = [t for t in BAD_WIDGET_TEXT if t in text]
+                    if not stuck or time.time() > deadline:
+                        break
+                    self.page.wait_for_timeout(250)
+            except Exception as e:
+                stuck = [f"{type(e).__name__}"]
+            if stuck:
+                bad.append(f"cell {c['index']} ({c['source'][:40]!r}): {stuck}")
+        self.report.add("widgets: none stuck on 'Loading widget...' or 'Error displaying widget'",
+                        not bad, "; ".join(bad))
+
+    def check_errors(self) -> None:
+        cells = self.js("() => window.__eff.codeCells()")
+        errors, stderr, unrun = [], [], []
+        for c in cells:
+            if c["count"] is None:
+                unrun.append(c["index"])
+            for o in c["outputs"]:
+                if o.get("output_type") == "error":
+                    errors.append(f"cell {c['index']}: {o.get('ename')}: {o.get('evalue')}")
+                elif o.get("output_type") == "stream" and o.get("name") == "stderr":
+                    text = "".join(o.get("text", ""))
+                    stderr.append(f"cell {c['index']}: {text.strip()[:160]!r}")
+        self.report.add("cells: every code cell ran", not unrun, f"not run: {unrun}" if unrun else
+                        f"{len(cells)} code cells")
+        self.report.add("cells: no error output", not errors, "; ".join(errors))
+        self.report.add("cells: no stderr output", not stderr, "; ".join(stderr))
+
+
+def run_notebook(checker: Checker, timeout: float) -> dict:
+    """Clear and run all cells; meanwhile watch the live memory plot cell. Returns what was seen."""
+    page = checker.page
+    live_index = checker.js("t => window.__eff.findCell(t)", "LiveMemoryPlot(title=")
+    seen = {"live_srcs": set(), "progress_bars": 0, "live_bad": set(), "live_shot": False,
+            "live_index": live_index}
+    checker.js("""() => {
+        window.__runDone = false;
+        const app = window.jupyterapp;
+        app.commands.execute('notebook:clear-all-cell-outputs');
+        app.commands.execute('notebook:run-all-cells').then(
+            r => { window.__runResult = r; window.__runDone = true; },
+            e => { window.__runError = String(e); window.__runDone = true; });
+    }""")
+    start = time.time()
+    live_cell = page.locator("[data-eff=live]")
+    while time.time() - start < timeout:
+        done = checker.js("() => window.__runDone")
+        if live_index >= 0:
+            outputs = checker.js("i => window.__eff.outputs(i)", live_index)
+            count = checker.js("i => window.__eff.nb().widgets[i].model.executionCount", live_index)
+            running = bool(outputs) and count is None
+            if running or (outputs and not seen["live_srcs"]):
+                checker.js("([i, t]) => window.__eff.show(i, t)", [live_index, "live"])
+                try:
+                    bars = live_cell.locator(".widget-hprogress, .widget-progress").count()
+                    seen["progress_bars"] = max(seen["progress_bars"], bars)
+                    src = checker.img_src(live_cell)
+                    if src:
+                        seen["live_srcs"].add(digest(src))
+                    text = live_cell.inner_text(timeout=1_000)
+                    seen["live_bad"].update(t for t in BAD_WIDGET_TEXT if t in text)
+                    if bars and src and not seen["live_shot"] and len(seen["live_srcs"]) >= 2:
+                        checker.shot(live_cell, "live_plot_during_training")
+                        seen["live_shot"] = True
+                except Exception:
+                    pass
+        if done and checker.js("() => window.__eff.kernelStatus()") == "idle":
+            break
+        page.wait_for_timeout(400)
+    seen["seconds"] = time.time() - start
+    seen["done"] = checker.js("() => window.__runDone")
+    seen["result"] = checker.js("() => window.__runResult === undefined ? null : window.__runResult")
+    seen["error"] = checker.js("() => window.__runError || null")
+    return seen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--notebook", default="notebooks/01_lora.ipynb")
+    parser.add_argument("--out", help="directory for the screenshots (default: a new temporary one)")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds allowed for run-all")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary lab directory")
+    parser.add_argument("--matplotlib", choices=("inline", "widget"), default="inline",
+                        help="widget: run the copy with `%%matplotlib widget` (ipympl) first, as a learner may")
+    args = parser.parse_args(argv)
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        print("playwright is missing: .venv/bin/pip install playwright  (and apt-get install -y chromium;"
+              " no `playwright install` needed)", file=sys.stderr)
+        return 2
+    if not Path(args.chromium).exists():
+        print(f"no browser at {args.chromium}: apt-get install -y chromium, or pass --chromium PATH",
+              file=sys.stderr)
+        return 2
+    notebook = (REPO / args.notebook).resolve()
+    jupyter = Path(sys.executable).with_name("jupyter")
+    if not jupyter.exists():
+        jupyter = Path(shutil.which("jupyter") or "jupyter")
+
+    tmp = Path(tempfile.mkdtemp(prefix="efftrain-browser-"))
+    out = Path(args.out).resolve() if args.out else tmp / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    root = tmp / "work"
+    root.mkdir()
+    shutil.copy2(notebook, root / notebook.name)
+    if args.matplotlib == "widget":
+        nb = json.loads((root / notebook.name).read_text())
+        nb["cells"].insert(0, {"cell_type": "code", "execution_count": None, "id": "efftrain-ipympl",
+                               "metadata": {}, "outputs": [], "source": ["%matplotlib widget"]})
+        (root / notebook.name).write_text(json.dumps(nb))
+    settings_dir = tmp / "lab" / "user-settings"
+    write_lab_settings(settings_dir)
+    env = lab_environment(tmp)
+    report = Report()
+    t0 = time.time()
+    proc, url = start_lab(jupyter, root, env, settings_dir, tmp / "lab.log")
+    print(f"JupyterLab at {url} (log {tmp / 'lab.log'})", flush=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=args.chromium, headless=True, args=BROWSER_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1500})
+            console_errors: list[str] = []
+            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            page.goto(f"{url}/lab/tree/{notebook.name}", wait_until="domcontentloaded")
+            page.wait_for_function(
+                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                " && window.jupyterapp.shell.currentWidget.sessionContext", timeout=60_000)
+            page.evaluate(JS_HELPERS)
+            page.wait_for_function("() => window.__eff.kernelStatus() === 'idle'", timeout=60_000)
+            page.locator(".jp-Notebook").first.wait_for(timeout=30_000)
+            checker = Checker(page, out, report, Path(env["EFFTRAIN_DRILL_PROGRESS"]))
+            checker.shot(page, "opened", outputs_only=False)
+            print(f"INFO  saved widget outputs before running: {checker.saved_widget_views()}", flush=True)
+            print(f"notebook open after {time.time() - t0:.0f} s; running all cells", flush=True)
+
+            seen = run_notebook(checker, args.run_timeout)
+            print(f"run-all finished={seen['done']} after {seen['seconds']:.0f} s", flush=True)
+            report.add("run-all completes", bool(seen["done"]) and seen["result"] is not False,
+                       f"{seen['seconds']:.0f} s, result {seen['result']}" + (
+                           f", error {seen['error']}" if seen["error"] else ""))
+
+            # e: the live memory plot and tqdm bars (watched during the run)
+            if seen["live_index"] < 0:
+                report.add("live plot", False, "no cell creates LiveMemoryPlot(title=...)")
+            else:
+                _, live = checker.cell("LiveMemoryPlot(title=", "live")
+                final = checker.img_src(live)
+                checker.shot(live, "live_plot_final")
+                report.add("live plot: picture shown and redrawn during training",
+                           bool(final) and len(seen["live_srcs"]) >= 2,
+                           f"{len(seen['live_srcs'])} distinct pictures seen, final {digest(final)}")
+                report.add("live plot: tqdm progress bars render", seen["progress_bars"] > 0
+                           and not seen["live_bad"],
+                           f"up to {seen['progress_bars']} bars visible at once"
+                           + (f", saw {sorted(seen['live_bad'])}" if seen["live_bad"] else ""))
+
+            checker.check_explorer_slider("rank_explorer", "lora_explorer.rank_explorer()", "rank", 6)   # a
+            checker.check_spectrum_dropdown()                                                          # b
+            checker.check_explorer_slider("scaling_explorer", "lora_explorer.scaling_explorer()",
+                                          "alpha", 8)                                                  # c
+            checker.check_quiz()                                                                       # d
+            checker.check_widgets_everywhere()                                                         # e
+            checker.check_errors()                                                                     # f
+            widget_errors = [e for e in console_errors if "widget" in e.lower() or "model" in e.lower()]
+            report.add("browser console: no widget errors", not widget_errors, "; ".join(widget_errors[:3]))
+            browser.close()
+    except Exception as e:  # the harness itself broke: say so as a failed check
+        report.add("harness", False, f"{type(e).__name__}: {e}")
+    finally:
+        stop(proc)
+        if not args.keep:
+            for sub in ("work", "jupyter", "ipython", "mpl", "hf", "lab"):
+                shutil.rmtree(tmp / sub, ignore_errors=True)
+
+    failed = sum(not ok for _, ok, _ in report.results)
+    print(f"\n{len(report.results) - failed} passed, {failed} failed in {time.time() - t0:.0f} s; "
+          f"screenshots in {out}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
