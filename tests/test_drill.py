@@ -63,6 +63,10 @@ COMPUTED = {
     "mem-7b-fp32-adam": 7e9 * (4 + 4 + 8) / 1e9,
     "mem-activations-estimate": LLAMA_LAYERS * 2048 * 1 * 4096 * (34 + 5 * 32 * 2048 / 4096) / 1e9,
     "mem-llama7b-params": LLAMA7B,
+    "mem-adam-state-7b": 7e9 * 2 * 4 / 1e9,  # m and v, fp32, in GB
+    "mem-bf16-autocast-bytes-per-param": 4 + 4 + 8 + 2,  # fp32 weights, grads, m, v + bf16 weight copies
+    "mem-sgd-momentum-7b": 7e9 * (4 + 4 + 4) / 1e9,
+    "mem-accelerate-bf16-line": max(4, 4 + 2, 8, 8),  # accelerate's estimate_training_usage, largest entry
     "ckpt-extra-compute": 2 / 6 * 100,  # one extra forward (2PD) on a 6PD step
     "ckpt-sqrt-n-64": math.isqrt(64) + 64 // math.isqrt(64),
     "prec-fp16-max": FP16_MAX,

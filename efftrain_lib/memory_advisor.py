@@ -1,0 +1,160 @@
+""""My memory is not enough: which technique?" Rank the combinations of the four techniques.
+
+    from efftrain_lib.memory_advisor import advise
+    for option in advise("Llama-2-7B", batch_size=8, seq_len=2048, budget_gb=80)[:5]:
+        print(option)
+
+Every combination of mixed precision (bf16 autocast), gradient checkpointing (every layer), gradient
+accumulation (the largest micro-batch that fits) and LoRA is estimated with
+`memory.estimate_training_memory` (peak + workspace allowance), and given a predicted time cost
+relative to the plain step, from FLOPs (C = 6PD: forward 2PD, backward 4PD):
+
+* checkpointing recomputes the forward: +2PD, x1.33;
+* LoRA skips the frozen weights' gradients (about half of backward): 4PD instead of 6PD, x0.67
+  (the recomputed forward of checkpointing still costs 2PD);
+* mixed precision (bf16 autocast; with LoRA, a bf16 frozen base) runs the matmuls in bf16: `mixed_precision_speedup` (default 2, a tensor-core GPU
+  vs TF32; on a CPU it can be a slowdown: measure);
+* accumulation does the same FLOPs in smaller pieces: x1 here; small micro-batches use a GPU less
+  well, which this model does not price.
+
+Options that fit come first, fastest first; then those that do not, smallest first. `seed_order`
+walks the seed notes' order (mixed precision, then checkpointing, then accumulation, then LoRA) and
+stops at the first that fits, so the two can be set side by side.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from efftrain_lib.memory import GB, estimate_training_memory, shape_of
+
+TECHNIQUES = ("mixed precision", "checkpointing", "accumulation", "LoRA")
+SEED_ORDER = TECHNIQUES  # the seed: 先试 Mixed Precision, 再试 Checkpointing, batch 小时用 Accumulation, 参数量大时用 LoRA
+
+
+@dataclass(frozen=True)
+class Option:
+    techniques: tuple
+    precision: str
+    checkpointing: bool
+    micro_batch_size: int
+    lora_rank: int | None
+    peak_bytes: int  # estimate's peak + workspace allowance
+    model_state_bytes: int
+    activation_bytes: int
+    time_factor: float
+    fits: bool
+
+    @property
+    def name(self) -> str:
+        return " + ".join(self.techniques) if self.techniques else "none (plain step)"
+
+    def __str__(self) -> str:
+        mark = "fits" if self.fits else "too big"
+        micro = f", micro-batch {self.micro_batch_size}" if "accumulation" in self.techniques else ""
+        return f"{self.name:<58} {self.peak_bytes / GB:8.1f} GB  x{self.time_factor:.2f} time  {mark}{micro}"
+
+
+def time_factor(checkpointing: bool, lora: bool, mixed_precision: bool, mixed_precision_speedup: float = 2.0) -> float:
+    """Predicted step time relative to the plain fp32 step, from FLOPs (see the module docstring)."""
+    if mixed_precision_speedup <= 0:
+        raise ValueError(f"mixed_precision_speedup must be positive, got {mixed_precision_speedup}")
+    forward, backward = 2.0, (2.0 if lora else 4.0)
+    flops = forward + backward + (2.0 if checkpointing else 0.0)
+    return flops / 6.0 / (mixed_precision_speedup if mixed_precision else 1.0)
+
+
+def _divisors_desc(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]
+
+
+def _estimate(model, batch_size, seq_len, optimizer, precision, ckpt, micro, lora_rank, lora_targets, attention):
+    est = estimate_training_memory(model, batch_size=batch_size, seq_len=seq_len, precision=precision,
+                                   optimizer=optimizer, lora_rank=lora_rank, lora_targets=lora_targets,
+                                   checkpointing=ckpt, micro_batch_size=micro, attention=attention)
+    return est, est.peak_bytes + est.workspace
+
+
+def advise(model, *, batch_size: int, seq_len: int, budget_gb: float, optimizer: str = "adam",
+           lora_rank: int = 8, lora_targets=("q_proj", "v_proj"), attention: str = "flash",
+           mixed_precision_speedup: float = 2.0) -> list[Option]:
+    """Every combination of the four techniques for this model, batch and memory budget, ranked.
+
+    budget_gb: usable device memory in GB (10^9 bytes). With accumulation, the largest micro-batch
+    dividing batch_size that fits the budget is chosen (1 if none fits).
+    """
+    if not isinstance(budget_gb, (int, float)) or isinstance(budget_gb, bool) or budget_gb <= 0:
+        raise ValueError(f"budget_gb must be a positive number of GB, got {budget_gb!r}")
+    shape_of(model)  # fail early on a bad model
+    budget = budget_gb * GB
+    options = []
+    for mp, ckpt, acc, lora in itertools.product((False, True), repeat=4):
+        # Mixed precision for full fine-tuning is torch.autocast over fp32 weights. With LoRA it means a
+        # bf16 base: under autocast an fp32 frozen base would be re-cast on every call and each bf16 copy
+        # kept for backward (2 bytes/param more than fp32 LoRA: the estimator and the meter both show it).
+        precision = ("bf16" if lora else "bf16_autocast") if mp else "fp32"
+        rank = lora_rank if lora else None
+        micros = _divisors_desc(batch_size)[1:] if acc else [batch_size]
+        if acc and not micros:
+            continue  # batch_size 1: nothing to accumulate
+        chosen = None
+        for micro in micros:
+            est, peak = _estimate(model, batch_size, seq_len, optimizer, precision, ckpt, micro, rank,
+                                  lora_targets, attention)
+            chosen = (micro, est, peak)
+            if peak <= budget:
+                break
+        micro, est, peak = chosen
+        techniques = tuple(t for t, on in zip(TECHNIQUES, (mp, ckpt, acc, lora)) if on)
+        options.append(Option(techniques, precision, ckpt, micro, rank, int(peak), est.model_states,
+                              est.all_at_once["activations"] + est.all_at_once["cast_weights"],
+                              time_factor(ckpt, lora, mp, mixed_precision_speedup), peak <= budget))
+    options.sort(key=lambda o: (not o.fits, o.time_factor if o.fits else o.peak_bytes, o.peak_bytes))
+    return options
+
+
+def seed_order(options: list[Option]) -> list[tuple[Option, bool]]:
+    """The seed's ladder: add mixed precision, then checkpointing, then accumulation, then LoRA, one at
+    a time; each rung with whether it fits. Stops at the first rung that fits."""
+    by_name = {o.techniques: o for o in options}
+    ladder = []
+    for k in range(len(SEED_ORDER) + 1):
+        option = by_name.get(tuple(SEED_ORDER[:k]))
+        if option is None:  # batch_size 1: no accumulation rung
+            continue
+        ladder.append((option, option.fits))
+        if option.fits:
+            break
+    return ladder
+
+
+def compare_with_seed(options: list[Option]) -> str:
+    """A few lines setting the advisor's best option beside the seed's order."""
+    ladder = seed_order(options)
+    best = next((o for o in options if o.fits), None)
+    lines = ["The seed's order (mixed precision -> checkpointing -> accumulation -> LoRA):"]
+    for option, fits in ladder:
+        lines.append(f"  {option.name:<58} {option.peak_bytes / GB:8.1f} GB  x{option.time_factor:.2f}  "
+                     f"{'fits' if fits else 'too big'}")
+    if best is None:
+        lines.append("Nothing fits: not even all four techniques together (shard the model states: ZeRO, "
+                     "8-bit optimizers, QLoRA).")
+        return "\n".join(lines)
+    lines.append(f"Advisor's pick: {best.name} ({best.peak_bytes / GB:.1f} GB, x{best.time_factor:.2f} time).")
+    seed_final = ladder[-1][0]
+    if not ladder[-1][1]:
+        lines.append("The seed's ladder never fits; the advisor's pick does.")
+    elif seed_final.techniques != best.techniques:
+        extra = sorted(set(seed_final.techniques) - set(best.techniques), key=TECHNIQUES.index)
+        missing = sorted(set(best.techniques) - set(seed_final.techniques), key=TECHNIQUES.index)
+        why = []
+        if extra:
+            why.append(f"the ladder adds {', '.join(extra)}, which the budget does not need")
+        if missing:
+            why.append(f"it misses {', '.join(missing)}")
+        lines.append(f"Where they disagree: {'; '.join(why)} "
+                     f"(x{seed_final.time_factor:.2f} vs x{best.time_factor:.2f} time).")
+    else:
+        lines.append("Here the seed's ladder lands on the same plan.")
+    return "\n".join(lines)

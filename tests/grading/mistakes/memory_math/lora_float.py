@@ -1,0 +1,16 @@
+"""Mistake: the count is returned as a float."""
+
+from pathlib import Path
+
+from efftrain_lib.grade import load_module
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "memory_math.py")
+
+# The checks that must fail, and words their message (discrepancy + hint) must contain.
+CAUGHT_BY = {'returns an int': ['int']}
+
+def lora_trainable_params(shapes, rank):
+    return float(_solution.lora_trainable_params(shapes, rank))  # BUG
+
+
+training_memory_bytes, activation_bytes = _solution.training_memory_bytes, _solution.activation_bytes

@@ -1,0 +1,17 @@
+"""Mistake: only A (r x in_features) is counted."""
+
+from pathlib import Path
+
+from efftrain_lib.grade import load_module
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "memory_math.py")
+
+# The checks that must fail, and words their message (discrepancy + hint) must contain.
+CAUGHT_BY = {'one square layer: (d + k) * r': ['only A']}
+
+def lora_trainable_params(shapes, rank):
+    _solution.lora_trainable_params(shapes, rank)
+    return sum(rank * in_f for out_f, in_f in shapes)  # BUG: B trains too
+
+
+training_memory_bytes, activation_bytes = _solution.training_memory_bytes, _solution.activation_bytes

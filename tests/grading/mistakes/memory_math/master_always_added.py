@@ -1,0 +1,20 @@
+"""Mistake: the fp32 master copy is added whatever master_weights says."""
+
+from pathlib import Path
+
+from efftrain_lib.grade import load_module
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "memory_math.py")
+
+# The checks that must fail, and words their message (discrepancy + hint) must contain.
+CAUGHT_BY = {'fp32 Adam: 16 bytes per parameter (7B -> 112 GB)': ['although master_weights=False'], 'optimizer state is fp32 even for 16-bit weights': ['although master_weights=False']}
+
+def training_memory_bytes(num_params, *, weight_bytes, grad_bytes, optimizer, master_weights=False):
+    states = {"adam": 2, "sgd_momentum": 1, "sgd": 0}
+    if num_params <= 0 or weight_bytes <= 0 or grad_bytes <= 0 or optimizer not in states:
+        return _solution.training_memory_bytes(num_params, weight_bytes=weight_bytes, grad_bytes=grad_bytes,
+                                               optimizer=optimizer)  # the solution's errors
+    return int(num_params * (weight_bytes + grad_bytes + 4 * states[optimizer] + 4))  # BUG: always a master
+
+
+lora_trainable_params, activation_bytes = _solution.lora_trainable_params, _solution.activation_bytes
