@@ -1,0 +1,27 @@
+"""Mistake: the growth counter counts every step, overflowing ones too (growth without consecutive finite steps)."""
+
+import math  # noqa: F401
+from pathlib import Path
+
+import torch  # noqa: F401
+
+from efftrain_lib.grade import load_module
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "loss_scaling.py")
+
+# The checks that must fail, and words their message (discrepancy + hint) must contain.
+CAUGHT_BY = {'growth needs growth_interval consecutive finite steps': ['counts overflowing steps too']}
+
+
+class LossScaler(_solution.LossScaler):
+    def update(self):
+        self._growth_tracker += 1  # BUG: counted before looking at the overflow
+        if self._found_inf:
+            self._scale *= self.backoff_factor
+        if self._growth_tracker == self.growth_interval:
+            self._grow()
+            self._growth_tracker = 0
+        self._unscaled.clear()
+        self._found_inf = None
+
+train_step = _solution.train_step

@@ -1,0 +1,29 @@
+"""Mistake: growth after growth_interval + 1 finite steps (`>` instead of `==`)."""
+
+import math  # noqa: F401
+from pathlib import Path
+
+import torch  # noqa: F401
+
+from efftrain_lib.grade import load_module
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "loss_scaling.py")
+
+# The checks that must fail, and words their message (discrepancy + hint) must contain.
+CAUGHT_BY = {'the growth counter resets after growth': ['off by one']}
+
+
+class LossScaler(_solution.LossScaler):
+    def update(self):
+        if self._found_inf:
+            self._scale *= self.backoff_factor
+            self._growth_tracker = 0
+        else:
+            self._growth_tracker += 1
+            if self._growth_tracker > self.growth_interval:  # BUG: one step late
+                self._grow()
+                self._growth_tracker = 0
+        self._unscaled.clear()
+        self._found_inf = None
+
+train_step = _solution.train_step

@@ -1,0 +1,28 @@
+"""Mistake: the growth counter is not reset on overflow (the seed notes' step_count)."""
+
+import math  # noqa: F401
+from pathlib import Path
+
+import torch  # noqa: F401
+
+from efftrain_lib.grade import load_module
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "loss_scaling.py")
+
+# The checks that must fail, and words their message (discrepancy + hint) must contain.
+CAUGHT_BY = {'growth needs growth_interval consecutive finite steps': ['not reset on overflow', 'consecutive']}
+
+
+class LossScaler(_solution.LossScaler):
+    def update(self):
+        if self._found_inf:
+            self._scale *= self.backoff_factor  # BUG: the counter keeps its value
+        else:
+            self._growth_tracker += 1
+            if self._growth_tracker == self.growth_interval:
+                self._grow()
+                self._growth_tracker = 0
+        self._unscaled.clear()
+        self._found_inf = None
+
+train_step = _solution.train_step

@@ -1,0 +1,27 @@
+"""Mistake: unscale_ divides copies of the gradients (p.grad is never changed)."""
+
+import math  # noqa: F401
+from pathlib import Path
+
+import torch  # noqa: F401
+
+from efftrain_lib.grade import load_module
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "loss_scaling.py")
+
+# The checks that must fail, and words their message (discrepancy + hint) must contain.
+CAUGHT_BY = {'unscale_ divides the gradients by the scale (equal to GradScaler)': ['not unscaled', 'in place']}
+
+
+class LossScaler(_solution.LossScaler):
+    @torch.no_grad()
+    def unscale_(self, optimizer):
+        if id(optimizer) in self._unscaled:
+            raise RuntimeError("unscale_() has already been called")
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        found_inf = not bool(torch.stack(torch._foreach_norm(grads, math.inf)).isfinite().all())
+        unscaled = [g / self._scale for g in grads]  # BUG: new tensors; nobody writes them back  # noqa: F841
+        self._found_inf = bool(self._found_inf) or found_inf
+        self._unscaled.add(id(optimizer))
+
+train_step = _solution.train_step
