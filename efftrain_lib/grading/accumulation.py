@@ -1,0 +1,723 @@
+"""Graders for Chapter 4 (gradient accumulation): exercises 4.1-4.2 in <impl>/accumulation.py.
+
+Behaviour only, through the exercise API:
+  accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_norm=None, scheduler=None) -> float
+  GradientAccumulator(model, optimizer, accumulation_steps, *, scaler=None, max_grad_norm=None,
+                      scheduler=None).train(batches) -> list[float]
+
+The reference is a full-batch step: the micro-batches of a window concatenated into one batch, one
+forward, the token-mean cross-entropy (-100 ignored), one backward (and, where a check needs it,
+torch.amp.GradScaler, clip_grad_norm_ and an LR scheduler around that single step). The optimizer
+handed to the learner is an SGD that records the gradient and learning rate it is asked to apply
+at every step, so a check sees exactly what each step used. The model is a token-wise MLP
+(Embedding -> Linear -> Tanh -> Linear): nothing couples positions or samples, so accumulation is
+exactly equivalent in exact arithmetic and only float rounding separates the two.
+
+When a gradient is wrong, the grader recomputes the gradients that the classic mistakes would give
+(mean of per-micro-batch means, loss not divided, only the last micro-batch, ignored positions counted,
+partial window divided by k, clipping per micro-batch, ...) and names the one that matches.
+
+Tolerances (float32; the same sums in another order differ by ~1e-8 here):
+  gradients and parameters   |got - ref| <= 1e-6 + 1e-5 * max|ref|   (a mistake differs by >= 1e-2 relative)
+  returned losses            relative 1e-5
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from efftrain_lib.grading import Checks, failed, passed
+
+EXERCISES = {
+    "4.1": "accumulation_step: one window, one step, exactly the big batch",
+    "4.2": "GradientAccumulator: windows of k, the partial window included",
+}
+CHECKS = Checks()
+
+ATOL, RTOL = 1e-6, 1e-5
+VOCAB, DIM, SEQ = 11, 8, 6
+IGNORE = -100
+REFERENCE = "a full-batch step"
+
+
+# ---------------------------------------------------------------------------------- fixtures --
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Embedding(VOCAB, DIM), nn.Linear(DIM, DIM), nn.Tanh(), nn.Linear(DIM, VOCAB))
+
+
+def _micro(seed: int, lengths=(SEQ, SEQ)):
+    """One micro-batch: len(lengths) sequences of SEQ token ids; labels -100 after each length."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (len(lengths), SEQ), generator=g)
+    labels = torch.randint(0, VOCAB, (len(lengths), SEQ), generator=g)
+    for row, length in enumerate(lengths):
+        labels[row, length:] = IGNORE
+    return ids, labels
+
+
+def _equal_window(k=4, seed=0):
+    return [_micro(seed + i) for i in range(k)]
+
+
+# Token counts 2, 12, 5, 10: unequal, so the mean of micro-batch means is visibly wrong.
+UNEQUAL_LENGTHS = [(1, 1), (6, 6), (2, 3), (6, 4)]
+
+
+def _unequal_window(seed=0):
+    return [_micro(seed + i, lengths) for i, lengths in enumerate(UNEQUAL_LENGTHS)]
+
+
+class _Recorder(torch.optim.SGD):
+    """SGD that records the gradient (flattened, in model order) and the lr of every step."""
+
+    def __init__(self, model: nn.Module, lr: float = 0.0, momentum: float = 0.0):
+        self._model_params = list(model.parameters())
+        super().__init__(self._model_params, lr=lr, momentum=momentum)
+        self.seen_grads: list[torch.Tensor] = []
+        self.seen_lrs: list[float] = []
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.seen_grads.append(_flat_grads(self._model_params))
+        self.seen_lrs.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+
+class _SpyScaler(torch.amp.GradScaler):
+    """A real CPU GradScaler that logs its calls. An update() with nothing to update (no step since
+    the last one) is logged and ignored instead of raising, so the check can name the mistake."""
+
+    def __init__(self, **kwargs):
+        super().__init__("cpu", **kwargs)
+        self.calls: list[str] = []
+        # Create the scale now (GradScaler does it on the first scale() call), so that code which
+        # never calls scale() reaches step() and shows what it computed instead of an AssertionError.
+        self._lazy_init_scale_growth_tracker(torch.device("cpu"))
+
+    def scale(self, outputs):
+        self.calls.append("scale")
+        return super().scale(outputs)
+
+    def unscale_(self, optimizer):
+        self.calls.append("unscale_")
+        return super().unscale_(optimizer)
+
+    def step(self, optimizer, *args, **kwargs):
+        self.calls.append("step")
+        return super().step(optimizer, *args, **kwargs)
+
+    def update(self, new_scale=None):
+        self.calls.append("update")
+        if not any(state["found_inf_per_device"] for state in self._per_optimizer_states.values()):
+            self.calls.append("update-without-step")  # a real GradScaler raises an AssertionError here
+            return None
+        return super().update(new_scale)
+
+
+def _flat_grads(params) -> torch.Tensor:
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).clone()
+                      for p in params])
+
+
+def _ce_sum(logits, labels):
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+
+
+def _count(labels) -> int:
+    return int((labels != IGNORE).sum())
+
+
+def _full_batch(model, window, clip=None):
+    """The reference: (flat gradient, token-mean loss) of one step on the concatenated window."""
+    m = copy.deepcopy(model)
+    inputs = torch.cat([x for x, _ in window])
+    labels = torch.cat([y for _, y in window])
+    loss = F.cross_entropy(m(inputs).reshape(-1, VOCAB), labels.reshape(-1), ignore_index=IGNORE)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(m.parameters(), clip)
+    return _flat_grads(m.parameters()), loss.item()
+
+
+def _weighted(model, window, weight):
+    """Gradient of sum_i weight(i, labels_i) * CE_sum(micro-batch i): the classic normalizations."""
+    m = copy.deepcopy(model)
+    total = sum(_ce_sum(m(x), y) * weight(i, y) for i, (x, y) in enumerate(window))
+    total.backward()
+    return _flat_grads(m.parameters())
+
+
+def _close(got: torch.Tensor, ref: torch.Tensor) -> bool:
+    return got.shape == ref.shape and bool(torch.isfinite(got).all()) and \
+        (got - ref).abs().max().item() <= ATOL + RTOL * ref.abs().max().item()
+
+
+def _diff(got, ref) -> float:
+    return (got - ref).abs().max().item()
+
+
+def _ratio(got, ref):
+    """c if got == c * ref (to 1e-4 relative), else None."""
+    c = (torch.dot(got, ref) / torch.dot(ref, ref)).item()
+    if math.isfinite(c) and (got - c * ref).abs().max().item() <= 1e-4 * max(ref.abs().max().item() * abs(c), 1e-12):
+        return c
+    return None
+
+
+def _clipped(vector: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    """What clip_grad_norm_ does to a gradient (as one vector)."""
+    if max_norm is None:
+        return vector
+    return vector * min(1.0, max_norm / (vector.norm().item() + 1e-6))
+
+
+def _candidates(model, window, k=None):
+    """Gradients the classic normalization mistakes give on this window, by the mistake's name."""
+    k = k or len(window)
+    counts = [_count(y) for _, y in window]
+    n = sum(counts)
+    numel = sum(y.numel() for _, y in window)
+    last = len(window) - 1
+    return {
+        "mean of per-micro-batch means (the 2024 normalization bug): divide the summed loss by the token count "
+        "of the whole window":
+            _weighted(model, window, lambda i, y: 1 / (k * max(counts[i], 1))),
+        "loss not divided: the micro-batch means are summed (k times the mean gradient); divide by the window's "
+        "token count":
+            _weighted(model, window, lambda i, y: 1 / max(counts[i], 1)),
+        "zero_grad inside the window: only the last micro-batch's gradient survives; zero the gradients once "
+        "per window, not before every backward":
+            _weighted(model, window, lambda i, y: (1 / n) if i == last else 0.0),
+        "zero_grad inside the window: only the last micro-batch's gradient survives (and it is a mean over that "
+        "micro-batch / k); zero the gradients once per window":
+            _weighted(model, window, lambda i, y: (1 / (k * max(counts[i], 1))) if i == last else 0.0),
+        f"counted the ignored (-100) positions: the loss is divided by all {numel} positions instead of the "
+        f"{n} labelled ones":
+            _weighted(model, window, lambda i, y: 1 / numel),
+    }
+
+
+def _name_gradient_mistake(model, window, got, ref, k=None, extra=None, clip=None) -> str:
+    """The hint for a wrong gradient: the mistake whose gradient matches, else what the ratio says.
+    clip: the max_grad_norm the step clipped to (each mistake's gradient is clipped the same way)."""
+    if not bool(torch.isfinite(got).all()):
+        return "the gradient has NaN/inf: is the loss divided by a count of zero?"
+    if got.abs().max().item() == 0.0:
+        return "the optimizer stepped with a zero gradient: call backward() on every micro-batch's loss, " \
+               "and zero the gradients before the window, not between backward and step"
+    candidates = dict(extra or {})
+    candidates.update(_candidates(model, window, k))
+    matches = [name for name, grad in candidates.items()
+               if not _close(ref, _clipped(grad, clip)) and _close(got, _clipped(grad, clip))]
+    if matches:  # clipping can make two mistakes look alike (same direction, clipped to one norm)
+        return " -- or: ".join(matches)
+    c = _ratio(got, ref)
+    if c is not None:
+        k = k or len(window)
+        if math.isclose(c, k, rel_tol=1e-3):
+            return f"the gradient is k = {k} times too large: the loss is not divided"
+        if math.isclose(c, 1 / k, rel_tol=1e-3):
+            return f"the gradient is 1/k = 1/{k} of the right one: divided by k twice?"
+        return f"the gradient is {c:.4g} x the full-batch gradient: normalize by the token count of the whole window"
+    return "the step's gradient must be the gradient of the token-mean cross-entropy over every labelled " \
+           "position of the window: sum-reduce each micro-batch's loss and divide by the window's token count"
+
+
+def _steps_hint(steps: int, expected: int) -> str:
+    if steps > expected:
+        return "the optimizer stepped per micro-batch: call optimizer.step() once per window, after its last backward"
+    if steps < expected:
+        return "call optimizer.step() once per window, after its last backward (the last, partial window too)"
+    return ""
+
+
+def _call_step(impl, model, optimizer, window, **kwargs):
+    return impl.accumulation_step(model, optimizer, window, **kwargs)
+
+
+def _gradient_check(impl, window, **kwargs):
+    model = _model()
+    ref, ref_loss = _full_batch(model, window)
+    optimizer = _Recorder(model)
+    _call_step(impl, model, optimizer, window, **kwargs)
+    steps = len(optimizer.seen_grads)
+    if steps != 1:
+        return None, failed(f"{steps} optimizer steps for one window of {len(window)} micro-batches; expected 1",
+                            "the optimizer stepped per micro-batch: call optimizer.step() once, after the "
+                            "window's last backward" if steps > 1 else
+                            "call optimizer.step() once, after the window's last backward")
+    got = optimizer.seen_grads[0]
+    if not _close(got, ref):
+        return None, failed(f"step gradient max |diff| {_diff(got, ref):.2e} vs {REFERENCE}",
+                            _name_gradient_mistake(model, window, got, ref))
+    return _diff(got, ref), None
+
+
+# ----------------------------------------------------------- Exercise 4.1: accumulation_step --
+@CHECKS.add("4.1", "one optimizer step per window",
+            hint="accumulate the k backward passes, then call optimizer.step() exactly once")
+def _(impl):
+    model = _model()
+    optimizer = _Recorder(model)
+    window = _equal_window()
+    _call_step(impl, model, optimizer, window)
+    steps = len(optimizer.seen_grads)
+    if steps != 1:
+        return failed(f"{steps} optimizer steps for a window of {len(window)} micro-batches; expected 1",
+                      "the optimizer stepped per micro-batch: step once per window, after the last backward"
+                      if steps > 1 else "call optimizer.step() once, after the window's last backward")
+    return passed(f"1 step for {len(window)} micro-batches")
+
+
+@CHECKS.add("4.1", "equal micro-batches: the gradient equals the full batch",
+            hint="divide each micro-batch's loss so that the k pieces add up to the window's mean")
+def _(impl):
+    diff, problem = _gradient_check(impl, _equal_window())
+    return problem or passed(f"max |diff| {diff:.1e} vs {REFERENCE} (4 micro-batches of 2 x {SEQ} tokens)")
+
+
+@CHECKS.add("4.1", "unequal token counts: the gradient equals the full batch",
+            hint="sum-reduce each micro-batch's cross-entropy and divide by the labelled-token count of the "
+                 "whole window")
+def _(impl):
+    diff, problem = _gradient_check(impl, _unequal_window())
+    counts = [_count(y) for _, y in _unequal_window()]
+    return problem or passed(f"max |diff| {diff:.1e} vs {REFERENCE} (token counts {counts})")
+
+
+@CHECKS.add("4.1", "returns the window's token-mean loss",
+            hint="return the token-mean cross-entropy over the whole window (the big batch's loss), as a float")
+def _(impl):
+    window = _unequal_window(seed=10)
+    model = _model()
+    _, ref_loss = _full_batch(model, window)
+    got = _call_step(impl, model, _Recorder(model), window)
+    try:
+        value = float(got)
+    except (TypeError, ValueError):
+        return failed(f"returned {got!r:.60}, not a number", "return loss as a Python float (loss.item())")
+    if not math.isclose(value, ref_loss, rel_tol=1e-5):
+        m = _model()
+        with torch.no_grad():
+            means = [(_ce_sum(m(x), y) / _count(y)).item() for x, y in window]
+        names = {"the last micro-batch's loss": means[-1], "the mean of per-micro-batch means": sum(means) / len(means),
+                 "the sum of per-micro-batch means (not divided)": sum(means),
+                 "the last micro-batch's piece (its sum / window tokens)": _ce_sum(m(window[-1][0]), window[-1][1]).item()
+                 / sum(_count(y) for _, y in window)}
+        which = next((n for n, v in names.items() if math.isclose(value, v, rel_tol=1e-5)), None)
+        return failed(f"returned {value:.6g}; the window's token-mean loss is {ref_loss:.6g}",
+                      (f"that is {which}: " if which else "") +
+                      "return the sum of every micro-batch's normalized loss, i.e. the whole window's token mean")
+    return passed(f"{value:.6g} == {ref_loss:.6g} (relative tolerance 1e-5)")
+
+
+@CHECKS.add("4.1", "two windows in a row: gradients do not leak",
+            hint="zero the gradients once per window (before its first backward or after its step)")
+def _(impl):
+    model = _model()
+    first, second = _equal_window(seed=20), _unequal_window(seed=30)
+    ref1, _ = _full_batch(model, first)
+    ref2, _ = _full_batch(model, second)
+    optimizer = _Recorder(model)  # lr 0: the parameters stay put, so both references stay valid
+    _call_step(impl, model, optimizer, first)
+    _call_step(impl, model, optimizer, second)
+    if len(optimizer.seen_grads) != 2:
+        return failed(f"{len(optimizer.seen_grads)} optimizer steps for two windows; expected 2",
+                      _steps_hint(len(optimizer.seen_grads), 2))
+    got = optimizer.seen_grads[1]
+    if _close(got, ref1 + ref2):
+        return failed(f"second window's gradient = first + second window's (max |diff| {_diff(got, ref2):.2e} "
+                      f"vs {REFERENCE})",
+                      "gradients leak from one window into the next: zero_grad is missing between windows "
+                      "(call optimizer.zero_grad() at the start of the window or after the step)")
+    if not _close(got, ref2):
+        return failed(f"second window: max |diff| {_diff(got, ref2):.2e} vs {REFERENCE}",
+                      _name_gradient_mistake(model, second, got, ref2))
+    return passed(f"max |diff| {_diff(got, ref2):.1e} vs {REFERENCE} on the second window")
+
+
+def _clip_per_micro_batch(model, window, max_norm):
+    """What clipping inside the loop gives: the running sum clipped after every micro-batch."""
+    m = copy.deepcopy(model)
+    n = sum(_count(y) for _, y in window)
+    for x, y in window:
+        (_ce_sum(m(x), y) / n).backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), max_norm)
+    return _flat_grads(m.parameters())
+
+
+@CHECKS.add("4.1", "clipping: the window's gradient, clipped once",
+            hint="clip_grad_norm_ once per window, after the last backward and before optimizer.step()")
+def _(impl):
+    window = _unequal_window(seed=40)
+    model = _model()
+    ref, _ = _full_batch(model, window)
+    norm = ref.norm().item()
+    max_norm = norm / 5  # well below the gradient's norm, so clipping matters
+    clipped, _ = _full_batch(model, window, clip=max_norm)
+    optimizer = _Recorder(model)
+    _call_step(impl, model, optimizer, window, max_grad_norm=max_norm)
+    if len(optimizer.seen_grads) != 1:
+        return failed(f"{len(optimizer.seen_grads)} optimizer steps for one window",
+                      _steps_hint(len(optimizer.seen_grads), 1))
+    got = optimizer.seen_grads[0]
+    if not _close(got, clipped):
+        if _close(got, ref):
+            hint = "max_grad_norm ignored: call torch.nn.utils.clip_grad_norm_(params, max_grad_norm) before the step"
+        elif _close(got, _clip_per_micro_batch(model, window, max_norm)):
+            hint = "clipped per micro-batch: clipping partial sums is not clipping the window's gradient; " \
+                   "clip once, after the last backward"
+        else:
+            hint = _name_gradient_mistake(model, window, got, clipped, clip=max_norm)
+        return failed(f"norm {got.norm().item():.4g} (max_grad_norm {max_norm:.4g}); max |diff| "
+                      f"{_diff(got, clipped):.2e} vs {REFERENCE} with clip_grad_norm_", hint)
+    return passed(f"max |diff| {_diff(got, clipped):.1e} vs {REFERENCE} clipped to {max_norm:.3g} "
+                  f"(unclipped norm {norm:.3g})")
+
+
+SCALE = 2.0**8
+
+
+def _scaler_run(impl, window, max_norm=None):
+    model = _model()
+    optimizer = _Recorder(model)
+    scaler = _SpyScaler(init_scale=SCALE, growth_interval=1)
+    _call_step(impl, model, optimizer, window, scaler=scaler, max_grad_norm=max_norm)
+    return model, optimizer, scaler
+
+
+def _scaler_order_problem(calls, k):
+    if "update-without-step" in calls or calls.count("update") > 1:
+        return ("scaler.update() per micro-batch (a real GradScaler raises 'No inf checks were recorded'): "
+                "update the scale once per window, after scaler.step")
+    if calls.count("scale") != k:
+        return (f"scaler.scale() called {calls.count('scale')} times for {k} micro-batches: the loss is not scaled; "
+                "scale every micro-batch's loss: scaler.scale(loss).backward()")
+    if calls.count("step") != 1:
+        return f"scaler.step() called {calls.count('step')} times: step through the scaler once per window"
+    if calls.count("update") != 1:
+        return "scaler.update() never called: update the scale once per window, after scaler.step"
+    if calls.index("step") < max(i for i, c in enumerate(calls) if c == "scale"):
+        return "scaler.step before the last micro-batch's backward: step once, at the end of the window"
+    return None
+
+
+@CHECKS.add("4.1", "GradScaler: scale every micro-batch, step and update once",
+            hint="per micro-batch: scaler.scale(loss).backward(); per window: scaler.step(optimizer), scaler.update()")
+def _(impl):
+    window = _unequal_window(seed=50)
+    model, optimizer, scaler = _scaler_run(impl, window)
+    problem = _scaler_order_problem(scaler.calls, len(window))
+    if problem:
+        return failed(f"scaler calls: {', '.join(scaler.calls)}", problem)
+    ref, _ = _full_batch(_model(), window)
+    if len(optimizer.seen_grads) != 1:
+        return failed(f"{len(optimizer.seen_grads)} optimizer steps", "scaler.step(optimizer) once per window")
+    got = optimizer.seen_grads[0]
+    if not _close(got, ref):
+        c = _ratio(got, ref)
+        if c is not None and math.isclose(c, SCALE, rel_tol=1e-3):
+            hint = "the gradient is still scaled (x65536-style): step through scaler.step(optimizer), which unscales"
+        elif c is not None and math.isclose(c, 1 / SCALE, rel_tol=1e-3):
+            hint = "the loss is not scaled but the scaler unscales: use scaler.scale(loss).backward()"
+        else:
+            hint = _name_gradient_mistake(_model(), window, got, ref)
+        return failed(f"step gradient max |diff| {_diff(got, ref):.2e} vs {REFERENCE} with GradScaler", hint)
+    if scaler.get_scale() != SCALE * 2:
+        return failed(f"scale {scaler.get_scale():g} after one window (growth_interval 1, init {SCALE:g}); expected "
+                      f"{SCALE * 2:g}", "scaler.update() once per window, after scaler.step")
+    return passed(f"max |diff| {_diff(got, ref):.1e} vs {REFERENCE}; calls {', '.join(scaler.calls)}")
+
+
+@CHECKS.add("4.1", "GradScaler + clipping: unscale_ before clipping",
+            hint="scaler.unscale_(optimizer), then clip_grad_norm_, then scaler.step(optimizer), scaler.update()")
+def _(impl):
+    window = _unequal_window(seed=60)
+    ref, _ = _full_batch(_model(), window)
+    max_norm = ref.norm().item() / 5
+    clipped, _ = _full_batch(_model(), window, clip=max_norm)
+    model, optimizer, scaler = _scaler_run(impl, window, max_norm=max_norm)
+    problem = _scaler_order_problem(scaler.calls, len(window))
+    if problem:
+        return failed(f"scaler calls: {', '.join(scaler.calls)}", problem)
+    got = optimizer.seen_grads[0] if optimizer.seen_grads else torch.zeros_like(ref)
+    if not _close(got, clipped):
+        c = _ratio(got, clipped)
+        if c is not None and math.isclose(c, 1 / SCALE, rel_tol=1e-3):
+            hint = "clipped before unscale_: the scaled gradient's norm is scale x larger, so clipping cut it " \
+                   "by the scale too; call scaler.unscale_(optimizer) before clip_grad_norm_"
+        elif _close(got, ref):
+            hint = "max_grad_norm ignored with a scaler: unscale_, clip_grad_norm_, then scaler.step"
+        elif _close(got, _clip_per_micro_batch(_model(), window, max_norm)):
+            hint = "clipped per micro-batch: clip once, after the last backward (and after unscale_)"
+        else:
+            hint = _name_gradient_mistake(_model(), window, got, clipped, clip=max_norm)
+        return failed(f"norm {got.norm().item():.4g}, max_grad_norm {max_norm:.4g}; max |diff| "
+                      f"{_diff(got, clipped):.2e} vs {REFERENCE} (GradScaler, clip)", hint)
+    return passed(f"max |diff| {_diff(got, clipped):.1e} vs {REFERENCE} (GradScaler, clip to {max_norm:.3g})")
+
+
+def _scheduler(optimizer):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+
+
+@CHECKS.add("4.1", "scheduler: one step per optimizer step",
+            hint="call scheduler.step() once, after optimizer.step()")
+def _(impl):
+    model = _model()
+    optimizer = _Recorder(model, lr=0.1)
+    scheduler = _scheduler(optimizer)
+    window = _equal_window(seed=70)
+    _call_step(impl, model, optimizer, window, scheduler=scheduler)
+    advanced = scheduler.last_epoch
+    if advanced != 1:
+        return failed(f"the scheduler advanced {advanced} steps in one window of {len(window)} micro-batches",
+                      f"scheduler stepped per micro-batch: step it once per optimizer step (the warm-up and decay "
+                      f"would run {len(window)}x too fast)" if advanced == len(window) else
+                      "call scheduler.step() exactly once per window, after optimizer.step()")
+    if len(optimizer.seen_lrs) != 1:
+        return failed(f"{len(optimizer.seen_lrs)} optimizer steps for one window (lrs {optimizer.seen_lrs})",
+                      "the optimizer stepped per micro-batch: one optimizer step and one scheduler step per window")
+    if optimizer.seen_lrs != [0.1]:
+        return failed(f"the optimizer step used lr {optimizer.seen_lrs}; expected [0.1]",
+                      "scheduler stepped before optimizer.step(): the first step must use the initial lr")
+    return passed("1 scheduler step, after the optimizer step (lr 0.1 used)")
+
+
+@CHECKS.add("4.1", "bad input: clear errors, no step",
+            hint="raise ValueError for an empty window, a window with no labelled position, and labels whose "
+                 "shape does not match the logits")
+def _(impl):
+    cases = {"an empty window": []}
+    window = _equal_window(seed=80, k=2)
+    cases["a window with no labelled position (all labels -100)"] = [(x, torch.full_like(y, IGNORE)) for x, y in window]
+    cases["labels whose shape does not match the logits (transposed)"] = [(x, y.T.contiguous()) for x, y in window]
+    for what, bad in cases.items():
+        model = _model()
+        optimizer = _Recorder(model, lr=0.1)
+        before = [p.detach().clone() for p in model.parameters()]
+        try:
+            _call_step(impl, model, optimizer, bad)
+        except ValueError as error:
+            if any(not torch.equal(a, p) for a, p in zip(before, model.parameters())) or optimizer.seen_grads:
+                return failed(f"{what}: raised ValueError, but only after an optimizer step",
+                              "check the window before any optimizer step")
+            if "shape" in what and "shape" not in str(error).lower():
+                return failed(f"{what}: ValueError without the word 'shape': {error}",
+                              "say which shapes do not match: labels must have the logits' leading shape")
+            continue
+        except NotImplementedError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the learner's exception is the finding
+            return failed(f"{what}: raised {type(error).__name__}: {str(error)[:80]}",
+                          f"raise ValueError with a clear message for {what}")
+        nan = any(not bool(torch.isfinite(g).all()) for g in optimizer.seen_grads)
+        detail = f"{what}: no error" + (" and the step used NaN gradients (0/0)" if nan else "")
+        hint = {"an empty window": "raise ValueError for an empty window (there is nothing to step on)",
+                "a window with no labelled position (all labels -100)":
+                    "a window with no labelled position has a 0/0 token mean: raise ValueError instead of "
+                    "stepping with NaN",
+                }.get(what, "labels of a wrong shape can pair every logit with the wrong label: check "
+                            "labels.shape == logits.shape[:-1] and raise ValueError naming both shapes")
+        return failed(detail, hint)
+    return passed("ValueError for an empty window, an unlabelled window and mismatched label shapes; no step")
+
+
+# --------------------------------------------------------- Exercise 4.2: GradientAccumulator --
+def _accumulator(impl, model, optimizer, k, **kwargs):
+    return impl.GradientAccumulator(model, optimizer, k, **kwargs)
+
+
+def _equal_batches(n=10, seed=100):
+    return [_micro(seed + i) for i in range(n)]
+
+
+def _unequal_batches(seed=200):
+    lengths = [(1, 2), (6, 6), (3, 0), (6, 5), (2, 2), (4, 6), (1, 1)]  # 7 micro-batches, k = 3: 3, 3, 1
+    return [_micro(seed + i, ls) for i, ls in enumerate(lengths)]
+
+
+def _windows(batches, k):
+    return [batches[i:i + k] for i in range(0, len(batches), k)]
+
+
+@CHECKS.add("4.2", "accumulation_steps < 1 is an error",
+            hint="raise ValueError in __init__ when accumulation_steps < 1")
+def _(impl):
+    for bad in (0, -2):
+        model = _model()
+        try:
+            acc = _accumulator(impl, model, _Recorder(model), bad)
+            acc.train(_equal_batches(2))
+        except ValueError:
+            continue
+        except NotImplementedError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            return failed(f"accumulation_steps={bad}: {type(error).__name__}: {str(error)[:80]}",
+                          "raise ValueError('accumulation_steps must be >= 1') in __init__")
+        return failed(f"accumulation_steps={bad} was accepted",
+                      "accumulation_steps < 1 must raise ValueError (k = 0 would never step, or divide by zero)")
+    return passed("ValueError for 0 and -2")
+
+
+@CHECKS.add("4.2", "windows of k, one step each, the final partial window included",
+            hint="walk the batches k at a time; step after each window, and after the last, shorter one")
+def _(impl):
+    model = _model()
+    optimizer = _Recorder(model)
+    batches = _equal_batches(10)
+    losses = _accumulator(impl, model, optimizer, 4).train(batches)
+    steps = len(optimizer.seen_grads)
+    if steps != 3:
+        hint = ("final partial window dropped: the last 2 batches must get their own (shorter) window"
+                if steps == 2 else _steps_hint(steps, 3))
+        return failed(f"{steps} optimizer steps for 10 batches with k = 4; expected 3 (windows of 4, 4, 2)", hint)
+    if not isinstance(losses, (list, tuple)) or len(losses) != 3:
+        return failed(f"train returned {losses!r:.60}; expected a list of 3 losses", "return one loss per window")
+    return passed("3 steps (windows of 4, 4, 2), 3 losses")
+
+
+@CHECKS.add("4.2", "every window equals a full-batch step, the partial one too",
+            hint="normalize every window by its own token count; a partial window of m batches is not divided by k")
+def _(impl):
+    model = _model()
+    optimizer = _Recorder(model)
+    batches = _equal_batches(10, seed=300)
+    _accumulator(impl, model, optimizer, 4).train(batches)
+    refs = [_full_batch(model, w)[0] for w in _windows(batches, 4)]
+    if len(optimizer.seen_grads) != len(refs):
+        return failed(f"{len(optimizer.seen_grads)} optimizer steps; expected {len(refs)} (windows of 4, 4, 2)",
+                      _steps_hint(len(optimizer.seen_grads), len(refs)))
+    worst = 0.0
+    for i, (got, ref, window) in enumerate(zip(optimizer.seen_grads, refs, _windows(batches, 4))):
+        if not _close(got, ref):
+            what = f"window {i + 1} of {len(refs)} ({len(window)} batches): max |diff| {_diff(got, ref):.2e} vs {REFERENCE}"
+            c = _ratio(got, ref)
+            if c is not None and len(window) < 4 and math.isclose(c, len(window) / 4, rel_tol=1e-3):
+                return failed(what, f"partial window divided by k: its gradient is {len(window)}/4 of the right "
+                                    f"one; normalize by the window's own token count (or divide by m = {len(window)})")
+            if i > 0 and _close(got, ref + refs[i - 1]):
+                return failed(what, "gradients leak from one window into the next: zero_grad is missing "
+                                    "between windows")
+            return failed(what, _name_gradient_mistake(model, window, got, ref, k=4))
+        worst = max(worst, _diff(got, ref))
+    return passed(f"max |diff| {worst:.1e} vs {REFERENCE}, windows of 4, 4, 2")
+
+
+@CHECKS.add("4.2", "unequal token counts: each window normalized by its own token count",
+            hint="sum-reduce the loss and divide by the labelled-token count of each whole window")
+def _(impl):
+    model = _model()
+    optimizer = _Recorder(model)
+    batches = _unequal_batches()
+    _accumulator(impl, model, optimizer, 3).train(batches)
+    wins = _windows(batches, 3)
+    if len(optimizer.seen_grads) != len(wins):
+        return failed(f"{len(optimizer.seen_grads)} optimizer steps for 7 batches, k = 3; expected 3",
+                      _steps_hint(len(optimizer.seen_grads), 3))
+    all_tokens = sum(_count(y) for _, y in batches)
+    worst = 0.0
+    for i, (got, window) in enumerate(zip(optimizer.seen_grads, wins)):
+        ref, _ = _full_batch(model, window)
+        if not _close(got, ref):
+            counts = [_count(y) for _, y in window]
+            extra = {f"normalized by the token count of all batches ({all_tokens}), not of the window "
+                     f"({sum(counts)})": _weighted(model, window, lambda j, y: 1 / all_tokens)}
+            return failed(f"window {i + 1} (token counts {counts}): max |diff| {_diff(got, ref):.2e} vs {REFERENCE}",
+                          _name_gradient_mistake(model, window, got, ref, k=3, extra=extra))
+        worst = max(worst, _diff(got, ref))
+    return passed(f"max |diff| {worst:.1e} vs {REFERENCE} over 3 windows of unequal token counts")
+
+
+@CHECKS.add("4.2", "returns one token-mean loss per window",
+            hint="train returns [loss of window 1, loss of window 2, ...], each the window's token mean")
+def _(impl):
+    model = _model()
+    batches = _unequal_batches(seed=400)
+    refs = [_full_batch(model, w)[1] for w in _windows(batches, 3)]
+    losses = _accumulator(impl, model, _Recorder(model), 3).train(batches)
+    try:
+        values = [float(v) for v in losses]
+    except (TypeError, ValueError):
+        return failed(f"train returned {losses!r:.60}", "return a list of floats, one per window")
+    if len(values) != len(refs) or not all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(values, refs)):
+        return failed(f"losses {[round(v, 5) for v in values]}; the windows' token means are "
+                      f"{[round(v, 5) for v in refs]}",
+                      "each entry is the token-mean loss of one whole window (the big batch's loss)")
+    return passed(f"{len(values)} losses equal the windows' token means (relative 1e-5)")
+
+
+@CHECKS.add("4.2", "training equals full-batch training (SGD with momentum)",
+            hint="each window must be exactly one full-batch step: same gradient, one step, zero_grad between")
+def _(impl):
+    batches = _unequal_batches(seed=500)
+    ours = _model()
+    _accumulator(impl, ours, _Recorder(ours, lr=0.5, momentum=0.9), 3).train(batches)
+    ref = _model()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.5, momentum=0.9)
+    for window in _windows(batches, 3):
+        x = torch.cat([b[0] for b in window])
+        y = torch.cat([b[1] for b in window])
+        F.cross_entropy(ref(x).reshape(-1, VOCAB), y.reshape(-1), ignore_index=IGNORE).backward()
+        opt.step()
+        opt.zero_grad()
+    got = torch.cat([p.detach().reshape(-1) for p in ours.parameters()])
+    want = torch.cat([p.detach().reshape(-1) for p in ref.parameters()])
+    if not _close(got, want):
+        return failed(f"parameters after 7 batches (k = 3) max |diff| {_diff(got, want):.2e} vs full-batch training",
+                      "the windows' steps differ from full-batch steps: see the checks above for which part")
+    return passed(f"parameters max |diff| {_diff(got, want):.1e} vs full-batch training, 3 steps")
+
+
+@CHECKS.add("4.2", "scheduler: one step per window",
+            hint="pass the scheduler to each window's step: scheduler.step() once per optimizer step")
+def _(impl):
+    model = _model()
+    optimizer = _Recorder(model, lr=0.1)
+    scheduler = _scheduler(optimizer)
+    _accumulator(impl, model, optimizer, 4, scheduler=scheduler).train(_equal_batches(10, seed=600))
+    expected = [0.1, 0.1 / 2, 0.1 / 3]
+    if len(optimizer.seen_lrs) != 3:
+        return failed(f"{len(optimizer.seen_lrs)} optimizer steps for 10 batches, k = 4; expected 3",
+                      _steps_hint(len(optimizer.seen_lrs), 3))
+    if scheduler.last_epoch != 3 or not all(math.isclose(a, b) for a, b in zip(optimizer.seen_lrs, expected)):
+        return failed(f"scheduler advanced {scheduler.last_epoch} steps for 3 windows; lrs used "
+                      f"{[round(v, 4) for v in optimizer.seen_lrs]}, expected {[round(v, 4) for v in expected]}",
+                      "scheduler stepped per micro-batch: step it once per optimizer step"
+                      if scheduler.last_epoch == 10 else "one scheduler.step() per window, after the optimizer step")
+    return passed("3 scheduler steps for 3 windows, lrs 0.1, 0.05, 0.0333")
+
+
+@CHECKS.add("4.2", "GradScaler: one update per window",
+            hint="pass the scaler to each window's step: scale per micro-batch, step and update once per window")
+def _(impl):
+    model = _model()
+    optimizer = _Recorder(model)
+    scaler = _SpyScaler(init_scale=SCALE, growth_interval=1)
+    batches = _equal_batches(10, seed=700)
+    _accumulator(impl, model, optimizer, 4, scaler=scaler).train(batches)
+    updates, scales = scaler.calls.count("update"), scaler.calls.count("scale")
+    if "update-without-step" in scaler.calls or updates != 3 or scales != 10:
+        return failed(f"{scales} scale() and {updates} update() calls for 10 batches in 3 windows; expected 10 and 3",
+                      "scaler.update() per micro-batch: update once per window" if updates > 3 else
+                      "scale every micro-batch's loss; step and update the scaler once per window")
+    if scaler.get_scale() != SCALE * 8:
+        return failed(f"scale {scaler.get_scale():g}, expected {SCALE * 8:g} (growth_interval 1, 3 windows)",
+                      "one scaler.update() per window")
+    for i, (got, window) in enumerate(zip(optimizer.seen_grads, _windows(batches, 4))):
+        ref, _ = _full_batch(model, window)
+        if not _close(got, ref):
+            c = _ratio(got, ref)
+            hint = ("the gradient is still scaled or unscaled twice: let scaler.step(optimizer) unscale it"
+                    if c is not None and (math.isclose(c, SCALE, rel_tol=1e-3) or math.isclose(c, 1 / SCALE, rel_tol=1e-3))
+                    else _name_gradient_mistake(model, window, got, ref, k=4))
+            return failed(f"with a GradScaler, window {i + 1}: max |diff| {_diff(got, ref):.2e} vs {REFERENCE}", hint)
+    return passed("10 scale() calls, 3 update() calls, gradients equal the full batch's")
