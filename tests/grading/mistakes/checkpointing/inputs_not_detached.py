@@ -1,0 +1,32 @@
+"""Mistake: the recompute runs on the saved inputs themselves, not on detached copies. The inner
+backward then accumulates into the caller's x.grad, and autograd adds the returned gradient again."""
+
+from pathlib import Path
+
+import torch
+
+from efftrain_lib.grade import load_module
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "checkpointing.py")
+
+CAUGHT_BY = {
+    "input gradients equal a direct run": ["counted twice", "not detached"],
+}
+
+
+class CheckpointFunction(_solution.CheckpointFunction):
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        inputs = list(ctx.saved_tensors)  # BUG: no .detach()
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(ctx.cpu_rng)
+            with torch.enable_grad(), _solution._Autocast(ctx.autocast):
+                outputs = ctx.run(*inputs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if torch.is_tensor(o) and o.requires_grad and g is not None]
+        torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        return (None, None, None) + tuple(t.grad if t.requires_grad and t.is_leaf else None for t in inputs)
+
+
+_solution.CheckpointFunction = CheckpointFunction
+checkpoint, checkpoint_sequential = _solution.checkpoint, _solution.checkpoint_sequential

@@ -1,0 +1,33 @@
+"""Mistake: the recompute runs without torch.enable_grad(). Backward runs with grad mode off, so the
+recomputed outputs have no graph and the inner backward fails."""
+
+from pathlib import Path
+
+import torch
+
+from efftrain_lib.grade import load_module
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "checkpointing.py")
+
+CAUGHT_BY = {
+    "input gradients equal a direct run": ["without grad enabled", "torch.enable_grad()"],
+    "parameters inside fn receive gradients": ["torch.enable_grad()"],
+}
+
+
+class CheckpointFunction(_solution.CheckpointFunction):
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(ctx.cpu_rng)
+            with _solution._Autocast(ctx.autocast):  # BUG: no torch.enable_grad()
+                outputs = ctx.run(*inputs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if torch.is_tensor(o) and g is not None]
+        torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        return (None, None, None) + tuple(t.grad if t.requires_grad else None for t in inputs)
+
+
+_solution.CheckpointFunction = CheckpointFunction
+checkpoint, checkpoint_sequential = _solution.checkpoint, _solution.checkpoint_sequential
