@@ -1,18 +1,22 @@
 """efftrain_lib: the shared library of the efftrain course.
 
-One module per concern:
-  devices   - device, autocast dtype and seeding helpers
-  models    - the tiny LLaMA-style transformer every chapter trains
-  data      - the course's small texts, a character tokenizer, batches
-  training  - a small training loop with a progress bar
-  meter     - the memory meter (CUDA allocator or exact CPU accounting)
-  liveplot  - the live memory plot
-  lora      - LoRA, rsLoRA and DoRA built from scratch, hardened
-  adapters  - saving and loading LoRA adapters in PEFT's on-disk format
-  reference_models - a tiny LlamaForCausalLM and the bridge to PEFT, for checking against it
-  lora_explorer    - the LoRA chapter's slider logic
-  grade     - the exercise grader (python -m efftrain_lib.grade CHAPTER)
-  drill     - interview drill cards (python -m efftrain_lib.drill)
+One module per concern.
+
+Techniques (the hardened versions the notebooks build up to):
+  lora            LoRA, rsLoRA and DoRA             adapters        PEFT's on-disk adapter format
+  checkpointing   gradient checkpointing            precision       the loss scaler, autocast tables
+  accumulation    gradient accumulation             number_formats  fp32 / fp16 / bf16 bit by bit
+Measurement:
+  meter           the memory meter (exact CPU accounting, or the CUDA allocator)
+  memory          the training-memory estimator     memory_advisor  "which technique do I need?"
+Teaching aids:
+  liveplot        the live memory plot              drill           interview drill cards
+  *_explorer      each chapter's slider logic (pure functions + thin ipywidgets shells)
+Infrastructure:
+  devices         device, dtype, seeding            models          the tiny LLaMA-style transformer
+  data            texts, tokenizer, batches         training        the training loop
+  reference_models  a tiny LlamaForCausalLM and the bridge to PEFT
+  grade, grading  the exercise grader (python -m efftrain_lib.grade CHAPTER)
 """
 
 __version__ = "0.1.0"

@@ -6,4 +6,5 @@ venv="${1:-.venv}"
 extra=()
 # JupyterLab refuses to run as root without this flag; a learner's laptop does not need it.
 if [ "$(id -u)" = "0" ]; then extra+=(--allow-root); fi
-exec "$venv/bin/jupyter" lab notebooks/01_lora.ipynb --notebook-dir=. "${extra[@]}" ${EFFTRAIN_LAB_ARGS:-}
+# Rooted at the checkout (so exercises/ sits beside the notebooks in the file browser), opened on notebooks/.
+exec "$venv/bin/jupyter" lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks "${extra[@]}" ${EFFTRAIN_LAB_ARGS:-}
