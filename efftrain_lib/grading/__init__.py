@@ -13,7 +13,8 @@ A grader module (e.g. efftrain_lib/grading/lora.py) defines
 and optionally `def prepare(): ...` (heavy imports such as PEFT, run once before the timed checks).
 Checks call the learner's code only through the exercise API, so any correct implementation passes;
 each failure should carry a hint that names the likely mistake, and each check should be proven by a
-mistake in tests/grading/mistakes/<chapter>/ (see tests/grading/test_lora_graders.py).
+mistake in tests/grading/mistakes/<chapter>/ (see tests/grading/test_graders_proven.py and
+tests/grading/grader_proofs.py; each chapter declares its proof in tests/grading/test_<chapter>_graders.py).
 
 A check that raises NotImplementedError is reported as a stub, another exception as an error (type
 and message, plus the check's default hint), a check that runs too long as timed out: the harness
