@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import matplotlib.pyplot as plt
-
 from efftrain_lib.accumulation import AccumulationProfile
 from efftrain_lib.liveplot import CATEGORY_COLORS
 from efftrain_lib.meter import MIB
@@ -122,23 +120,19 @@ def tradeoff_explorer(profiles: Sequence[AccumulationProfile]):
     """A slider over the measured micro-batch sizes: memory and time at a fixed effective batch."""
     import ipywidgets as widgets
 
+    from efftrain_lib.widgets import interactive_figure
+
     rows = tradeoff_rows(profiles)
-    out = widgets.Output()
     effective = profiles[0].effective_batch
-    slider = widgets.SelectionSlider(
-        options=[(f"b={r['micro_batch']}, k={r['accumulation_steps']}", r["micro_batch"]) for r in rows],
-        value=rows[0]["micro_batch"], description="micro-batch", continuous_update=False,
-        layout=widgets.Layout(width="420px"),
-    )
 
-    def redraw(change=None):
-        with out:
-            out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), layout="constrained")
-            draw_tradeoff(axes, profiles, slider.value)
-            fig.suptitle(f"effective batch {effective} sequences = micro-batch b x k accumulation steps", fontsize=10)
-            plt.show()
+    def draw(axes, micro_batch):
+        draw_tradeoff(axes, profiles, micro_batch)
+        axes[0].figure.suptitle(f"effective batch {effective} sequences = micro-batch b x k accumulation steps",
+                                fontsize=10)
 
-    slider.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([slider, out])
+    return interactive_figure(draw, "Accumulation trade-off explorer", figsize=(9, 3.3), ncols=2,
+                              micro_batch=widgets.SelectionSlider(
+                                  options=[(f"b={r['micro_batch']}, k={r['accumulation_steps']}", r["micro_batch"])
+                                           for r in rows],
+                                  value=rows[0]["micro_batch"], description="micro-batch", continuous_update=False,
+                                  layout=widgets.Layout(width="420px")))

@@ -353,7 +353,7 @@ def plan_explorer(model: ActivationModel, forward_share: float, batch_size: int 
     """
     import ipywidgets as widgets
 
-    from .lora_explorer import _WIDE, _interactive
+    from .widgets import WIDE, interactive_figure
 
     def draw(ax, n_layers, every):
         every = max(1, min(every, n_layers))
@@ -369,6 +369,6 @@ def plan_explorer(model: ActivationModel, forward_share: float, batch_size: int 
     if not choices or any(not isinstance(n, int) or n < 1 for n in choices):
         raise ValueError(f"layer_choices must be positive ints, got {layer_choices!r}")
     start = 16 if 16 in choices else choices[0]
-    return _interactive(draw, "Checkpointing plan explorer",
-                        n_layers=widgets.SelectionSlider(options=choices, value=start, **_WIDE),
-                        every=widgets.IntSlider(value=min(4, start), min=1, max=max(choices), **_WIDE))
+    return interactive_figure(draw, "Checkpointing plan explorer",
+                              n_layers=widgets.SelectionSlider(options=choices, value=start, **WIDE),
+                              every=widgets.IntSlider(value=min(4, start), min=1, max=max(choices), **WIDE))

@@ -6,12 +6,11 @@ functions, which pytest tests; nbval never renders a widget, so the logic must l
 
 from __future__ import annotations
 
-import functools
-import io
 import math
 
 import torch
-from matplotlib.figure import Figure
+
+from efftrain_lib.widgets import WIDE, interactive_figure, render_png, wide  # noqa: F401 (render_png: API)
 
 # Layer shapes a learner can pick: (out_features, in_features).
 LAYER_SHAPES = {
@@ -107,63 +106,7 @@ def draw_update_norms(ax, ranks, alpha: float, ymax: float | None = None) -> Non
     ax.legend()
 
 
-# ---- widgets (thin shells) ----
-
-def _wide(chars: int = 34) -> dict:
-    """Layout for a control wide enough for its longest option (ipywidgets' default clips them)."""
-    return {"layout": {"width": f"calc({chars}ch + 9em)"}, "style": {"description_width": "5em"}}
-
-
-_WIDE = _wide()
-
-
-def render_png(draw, figsize=(7, 3.5), **values) -> bytes:
-    """draw(ax, **values) on a figure of its own, as PNG bytes.
-
-    A pyplot-free Figure rendered to PNG shows the same under every backend: with `%matplotlib
-    widget` (ipympl) a pyplot figure per slider move would pile up interactive canvases.
-    """
-    fig = Figure(figsize=figsize)
-    draw(fig.add_subplot(), **values)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    return buffer.getvalue()
-
-
-@functools.cache
-def _explorer_box_class():
-    import ipywidgets as widgets
-
-    class ExplorerBox(widgets.VBox):
-        """A VBox whose text form (what a notebook saved without a widget frontend shows, e.g. before
-        its cells are run) says what it is instead of "VBox(children=(interactive(...".
-        """
-
-        def __init__(self, children, summary: str):
-            super().__init__(children)
-            self.summary = summary
-
-        def __repr__(self) -> str:
-            return self.summary
-
-    return ExplorerBox
-
-
-def _interactive(draw, summary: str, **controls):
-    import ipywidgets as widgets
-    from IPython.display import Image, display
-
-    out = widgets.Output()
-
-    def redraw(**values):
-        png = render_png(draw, **values)  # draw first: the old picture stays up until the new one is ready
-        with out:
-            out.clear_output(wait=True)
-            display(Image(data=png))
-
-    text = f"{summary} (controls: {', '.join(controls)}; run the cell in JupyterLab to use them)"
-    return _explorer_box_class()([widgets.interactive(redraw, **controls), out], text)
-
+# ---- widgets (thin shells, see efftrain_lib.widgets) ----
 
 def rank_explorer():
     """Rank and alpha -> trainable parameters and percentage for a chosen layer shape."""
@@ -173,10 +116,10 @@ def rank_explorer():
         out_features, in_features = LAYER_SHAPES[shape]
         draw_rank_budget(ax, out_features, in_features, min(rank, out_features, in_features), alpha)
 
-    return _interactive(draw, "Rank explorer",
-                        shape=widgets.Dropdown(options=list(LAYER_SHAPES), **_WIDE),
-                        rank=widgets.IntSlider(value=8, min=1, max=64, **_WIDE),
-                        alpha=widgets.FloatSlider(value=16.0, min=1.0, max=64.0, **_WIDE))
+    return interactive_figure(draw, "Rank explorer",
+                              shape=widgets.Dropdown(options=list(LAYER_SHAPES), **WIDE),
+                              rank=widgets.IntSlider(value=8, min=1, max=64, **WIDE),
+                              alpha=widgets.FloatSlider(value=16.0, min=1.0, max=64.0, **WIDE))
 
 
 def spectrum_explorer(spectra_by_layer: dict[str, dict[str, torch.Tensor]], rank: int):
@@ -189,9 +132,9 @@ def spectrum_explorer(spectra_by_layer: dict[str, dict[str, torch.Tensor]], rank
 
     longest = max(map(len, spectra_by_layer))
     most = max(len(v) for spectra in spectra_by_layer.values() for v in spectra.values())
-    return _interactive(draw, "Spectrum explorer",
-                        layer=widgets.Dropdown(options=list(spectra_by_layer), **_wide(longest)),
-                        top=widgets.IntSlider(value=min(32, most), min=min(4, most), max=most, **_WIDE))
+    return interactive_figure(draw, "Spectrum explorer",
+                              layer=widgets.Dropdown(options=list(spectra_by_layer), **wide(longest)),
+                              top=widgets.IntSlider(value=min(32, most), min=min(4, most), max=most, **WIDE))
 
 
 def scaling_explorer(ranks=(1, 2, 4, 8, 16, 32, 64, 128, 256), alpha_max: float = 64.0):
@@ -200,6 +143,6 @@ def scaling_explorer(ranks=(1, 2, 4, 8, 16, 32, 64, 128, 256), alpha_max: float 
 
     ranks = list(ranks)
     ymax = 1.05 * max(max(norms) for norms in update_norm_by_rank(ranks, alpha_max).values())
-    return _interactive(lambda ax, alpha: draw_update_norms(ax, ranks, alpha, ymax=ymax),
-                        "Scaling explorer",
-                        alpha=widgets.FloatSlider(value=16.0, min=1.0, max=alpha_max, **_WIDE))
+    return interactive_figure(lambda ax, alpha: draw_update_norms(ax, ranks, alpha, ymax=ymax),
+                              "Scaling explorer",
+                              alpha=widgets.FloatSlider(value=16.0, min=1.0, max=alpha_max, **WIDE))

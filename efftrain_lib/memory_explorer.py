@@ -1,5 +1,5 @@
 """The memory calculator's logic: plain functions the widget calls (pytest tests them; nbval never
-renders a widget). The widget (`memory_calculator`) is a thin shell, as in lora_explorer.
+renders a widget). The widget (`memory_calculator`) is a thin shell (efftrain_lib.widgets), as in lora_explorer.
 
 A stacked bar by category (the estimate at its peak, the workspace allowance on top) beside the
 everything-at-once sum, with lines at common GPU sizes.
@@ -8,7 +8,6 @@ everything-at-once sum, with lines at common GPU sizes.
 from __future__ import annotations
 
 from efftrain_lib.liveplot import CATEGORY_COLORS
-from efftrain_lib.lora_explorer import _interactive, _wide
 from efftrain_lib.memory import (
     GB,
     OPTIMIZERS,
@@ -18,6 +17,7 @@ from efftrain_lib.memory import (
     TransformerShape,
     estimate_training_memory,
 )
+from efftrain_lib.widgets import interactive_figure, wide
 
 #: Common accelerator memory sizes, GB as sold (RTX 4090 / A10G 24, A100 40, A100 / H100 80, H200 141).
 GPU_SIZES_GB = {"24 GB (RTX 4090)": 24, "40 GB (A100-40GB)": 40, "80 GB (A100/H100)": 80, "141 GB (H200)": 141}
@@ -109,20 +109,20 @@ def memory_calculator():
     """Presets 125M..70B or a custom shape; precision, optimizer, LoRA, checkpointing, batch, sequence."""
     import ipywidgets as widgets
 
-    wide = _wide(26)
-    return _interactive(
+    wide_ = wide(26, label="7em")  # "batch_size" is clipped at the default 5em
+    return interactive_figure(
         draw_from_controls, "Memory calculator",
-        model=widgets.Dropdown(options=list(PRESETS) + [CUSTOM], value="Llama-2-7B", **wide),
-        precision=widgets.Dropdown(options=list(PRECISIONS), value="bf16_autocast", **wide),
-        optimizer=widgets.Dropdown(options=list(OPTIMIZERS), value="adam", **wide),
-        lora_rank=widgets.SelectionSlider(options=[0, 1, 2, 4, 8, 16, 32, 64, 128], value=0, **wide),
-        checkpointing=widgets.Checkbox(value=False),
-        batch_size=widgets.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64], value=1, **wide),
-        seq_len=widgets.SelectionSlider(options=[256, 512, 1024, 2048, 4096, 8192], value=2048, **wide),
-        hidden_size=widgets.IntText(value=4096, description="custom h"),
-        n_layers=widgets.IntText(value=32, description="custom L"),
-        n_heads=widgets.IntText(value=32, description="custom a"),
-        ffn_dim=widgets.IntText(value=11008, description="custom ffn"),
+        model=widgets.Dropdown(options=list(PRESETS) + [CUSTOM], value="Llama-2-7B", **wide_),
+        precision=widgets.Dropdown(options=list(PRECISIONS), value="bf16_autocast", **wide_),
+        optimizer=widgets.Dropdown(options=list(OPTIMIZERS), value="adam", **wide_),
+        lora_rank=widgets.SelectionSlider(options=[0, 1, 2, 4, 8, 16, 32, 64, 128], value=0, **wide_),
+        checkpointing=widgets.Checkbox(value=False, style=wide_["style"]),  # its box lines up with the rest
+        batch_size=widgets.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64], value=1, **wide_),
+        seq_len=widgets.SelectionSlider(options=[256, 512, 1024, 2048, 4096, 8192], value=2048, **wide_),
+        hidden_size=widgets.IntText(value=4096, description="custom h", **wide_),
+        n_layers=widgets.IntText(value=32, description="custom L", **wide_),
+        n_heads=widgets.IntText(value=32, description="custom a", **wide_),
+        ffn_dim=widgets.IntText(value=11008, description="custom ffn", **wide_),
     )
 
 

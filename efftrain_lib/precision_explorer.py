@@ -6,15 +6,13 @@ pytest tests (tests/test_precision.py); nbval never renders a widget, so the log
 
 from __future__ import annotations
 
-import functools
-import io
 import math
 
 import numpy as np
 import torch
 import torch.nn as nn
-from matplotlib.figure import Figure
 
+from . import widgets as widgets_shell
 from .models import language_model_loss
 from .number_formats import NAMES, as_dtype, bit_fields, format_info, relative_error, representable_fractions
 
@@ -155,54 +153,20 @@ def parse_value(text: str) -> float:
 # ---- widgets (thin shells) ----
 
 def render_png(draw, figsize=(8, 3.6), **values) -> bytes:
-    """draw(ax, **values) on a pyplot-free Figure, as PNG bytes (no canvases pile up under ipympl)."""
-    fig = Figure(figsize=figsize, layout="constrained")
-    draw(fig.add_subplot(), **values)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-@functools.cache
-def _box_class():
-    import ipywidgets as widgets
-
-    class ExplorerBox(widgets.VBox):
-        """A VBox whose text form (a notebook saved without a widget frontend) says what it is."""
-
-        def __init__(self, children, summary: str):
-            super().__init__(children)
-            self.summary = summary
-
-        def __repr__(self) -> str:
-            return self.summary
-
-    return ExplorerBox
-
-
-def _box(children, summary: str):
-    return _box_class()(children, summary)
+    """draw(ax, **values) as PNG bytes (efftrain_lib.widgets.render_png at this chapter's size)."""
+    return widgets_shell.render_png(draw, figsize, **values)
 
 
 def loss_scale_explorer(values_by_kind: dict[str, torch.Tensor]):
     """A loss-scale slider (log2) and a format: the histogram moves and the shares update live."""
     import ipywidgets as widgets
-    from IPython.display import Image, display
 
-    out = widgets.Output()
     layout = {"layout": {"width": "40em"}, "style": {"description_width": "10em"}}
-    scale = widgets.IntSlider(value=0, min=-8, max=40, description="log2(loss scale)", **layout)
-    fmt = widgets.Dropdown(options=["fp16", "bf16"], value="fp16", description="format", **layout)
-
-    def redraw(log2_scale, dtype):
-        png = render_png(lambda ax: draw_gradient_histogram(ax, values_by_kind, log2_scale, dtype))
-        with out:
-            out.clear_output(wait=True)
-            display(Image(data=png))
-
-    controls = widgets.interactive(redraw, log2_scale=scale, dtype=fmt)
-    return _box([controls, out], "Loss-scale explorer (slider: log2(loss scale), dropdown: format; run the cell "
-                                 "in JupyterLab to use it)")
+    return widgets_shell.interactive_figure(
+        lambda ax, log2_scale, dtype: draw_gradient_histogram(ax, values_by_kind, log2_scale, dtype),
+        "Loss-scale explorer", figsize=(8, 3.6),
+        log2_scale=widgets.IntSlider(value=0, min=-8, max=40, description="log2(loss scale)", **layout),
+        dtype=widgets.Dropdown(options=["fp16", "bf16"], value="fp16", description="format", **layout))
 
 
 def rounding_explorer(initial: str = "0.1"):
@@ -221,4 +185,5 @@ def rounding_explorer(initial: str = "0.1"):
                 print(exc)
 
     controls = widgets.interactive(show, text=box)
-    return _box([controls, out], "Rounding explorer (type a value; run the cell in JupyterLab to use it)")
+    return widgets_shell.explorer_box(
+        [controls, out], "Rounding explorer (type a value; run the cell in JupyterLab to use it)")

@@ -357,6 +357,25 @@ def test_drawings_render_on_agg():
     plt.close("all")
 
 
+
+def test_tradeoff_explorer_redraws_a_png_without_pyplot():
+    # It drew with plt.subplots + plt.show() in an Output: under `%matplotlib widget` every slider
+    # move left another ipympl canvas. Now it is efftrain_lib.widgets' PNG shell, like the others.
+    pytest.importorskip("ipywidgets")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from efftrain_lib.accumulation_explorer import tradeoff_explorer
+
+    before = plt.get_fignums()
+    box = tradeoff_explorer([_profile(8, 1, 4.0, 0.1), _profile(4, 2, 2.0, 0.12)])
+    slider = box.children[0].children[0]
+    assert slider.value == 8 and slider.options == (("b=8, k=1", 8), ("b=4, k=2", 4)) and not slider.continuous_update
+    slider.value = 4  # redraws
+    assert repr(box).startswith("Accumulation trade-off explorer") and plt.get_fignums() == before
+
 # ------------------------------------------------------------ the real implementation: accelerate --
 def test_equals_accelerate_accumulate_on_equal_micro_batches_and_shows_its_k_normalization():
     """Hugging Face accelerate's `accumulate()` divides each micro-batch loss by k in backward and syncs

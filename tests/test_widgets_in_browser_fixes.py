@@ -150,3 +150,34 @@ def test_live_plot_under_ipympl_pushes_pictures_while_training(monkeypatch):
     assert len(shown) == 1 and len(updates) == 3  # one output, redrawn in place after every step
     assert all(obj.data[:4] == b"\x89PNG" for obj in shown + updates)
     assert plt.get_fignums() == figures_before  # nothing left for pyplot to show again
+
+
+def test_memory_calculator_labels_fit_their_names():
+    # In the browser "batch_size" showed as "batch_s..." at ipywidgets' 5em description width.
+    from efftrain_lib import memory_explorer
+
+    box = memory_explorer.memory_calculator()
+    controls = [c for c in box.children[0].children if getattr(c, "description", "")]
+    named = [c for c in controls if type(c).__name__ != "Checkbox"]
+    assert {"batch_size", "seq_len", "custom ffn"} <= {c.description for c in named}
+    for control in named:
+        width = control.style.description_width
+        assert width.endswith("em") and float(width[:-2]) >= 0.65 * len(control.description), control.description
+
+
+def test_explorers_share_one_png_shell_and_leave_pyplot_alone():
+    # Every explorer redraws a PNG through efftrain_lib.widgets: with `%matplotlib widget` a pyplot
+    # figure per slider move (the accumulation explorer's plt.show()) piles up ipympl canvases.
+    import matplotlib.pyplot as plt
+
+    from efftrain_lib import widgets
+
+    before = plt.get_fignums()
+    png = widgets.render_png(lambda axes, n: [ax.plot(range(n)) for ax in axes], ncols=2, n=3)
+    assert png.startswith(b"\x89PNG") and plt.get_fignums() == before
+    import ipywidgets
+
+    box = widgets.interactive_figure(lambda ax, n: ax.plot(range(n)), "Demo explorer",
+                                     n=ipywidgets.IntSlider(value=3, min=1, max=5))
+    assert repr(box).startswith("Demo explorer (controls: n;") and plt.get_fignums() == before
+    assert widgets.WIDE["style"]["description_width"] == "5em"
