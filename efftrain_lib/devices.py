@@ -54,9 +54,22 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def use_one_cpu_thread(device: torch.device | str = "cpu") -> None:
+    """On CPU, run torch's ops on one thread; on a GPU, change nothing.
+
+    The course's models are tiny: splitting their ops across threads buys ~25% on an idle machine, but on
+    a busy one a parallel op waits for its slowest (descheduled) thread, and steps got 3-10x slower and
+    far noisier with 2 threads on the course's 2-core machine (measured while writing chapters 2-4).
+    Timings that compare two techniques need steady more than fast.
+    """
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(1)
+
+
 def describe(device: torch.device | str) -> str:
     """One line naming the device, for notebook headers."""
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"cpu: {torch.get_num_threads()} threads, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"cpu: {threads} thread{'' if threads == 1 else 's'}, torch {torch.__version__}"

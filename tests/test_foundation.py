@@ -135,3 +135,15 @@ def test_generation_is_repeatable_and_greedy_at_temperature_zero():
     assert greedy[7] == logits.argmax()
     with pytest.raises(ValueError, match="temperature"):
         generate(model, prompt, 1, temperature=-1)
+
+
+def test_one_cpu_thread_is_set_on_cpu_only():
+    from efftrain_lib.devices import describe, use_one_cpu_thread
+
+    before = torch.get_num_threads()
+    try:
+        use_one_cpu_thread("cpu")
+        assert torch.get_num_threads() == 1
+        assert describe("cpu").startswith("cpu: 1 thread,")
+    finally:
+        torch.set_num_threads(before)

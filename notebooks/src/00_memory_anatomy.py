@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from efftrain_lib.devices import describe, get_device, seed_everything
+from efftrain_lib.devices import describe, get_device, seed_everything, use_one_cpu_thread
 from efftrain_lib.memory import (GB, PRESETS, TransformerShape, accelerate_estimate, bytes_per_parameter,
                                  describe_settings, estimate_training_memory, measure_allocator_peak,
                                  measure_training_memory, measure_training_step, relative_error, validation_grid)
@@ -29,8 +29,8 @@ from efftrain_lib.models import TinyConfig
 
 device = get_device()
 seed_everything(0)
+use_one_cpu_thread(device)  # steady timings on a tiny model (see its docstring)
 print(describe(device))
-torch.set_num_threads(1)  # tiny tensors: one thread is faster than waking a pool, and quieter on a shared box
 
 # %% [markdown]
 # ## 1. Where training memory goes

@@ -31,12 +31,13 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 
 from efftrain_lib import data
-from efftrain_lib.devices import describe, get_device, seed_everything
+from efftrain_lib.devices import describe, get_device, seed_everything, use_one_cpu_thread
 from efftrain_lib.models import TinyConfig, TinyTransformer, generate, load_pretrained
 
 # transformers warns about a renamed attribute that PEFT still reads; nothing to act on here.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 device = get_device()
+use_one_cpu_thread(device)  # steady timings on a tiny model (see its docstring)
 seed_everything(0)
 print(describe(device))
 

@@ -26,16 +26,13 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 from torch.utils.checkpoint import checkpoint_sequential as torch_checkpoint_sequential
 
-from efftrain_lib.devices import describe, get_device, seed_everything
+from efftrain_lib.devices import describe, get_device, seed_everything, use_one_cpu_thread
 from efftrain_lib.meter import MIB, MemoryMeter, SavedTensorCounter, measure_step
 from efftrain_lib.models import TinyConfig, TinyTransformer, language_model_loss
 from efftrain_lib.training import train
 
-# One intra-op thread: these models are tiny, so a second thread buys little, and on a busy shared machine
-# two threads waiting for each other make timings 5-10x slower and noisy (measured). Timings here compare
-# plans with each other, on the same thread.
-torch.set_num_threads(1)
 device = get_device()
+use_one_cpu_thread(device)  # steady timings on a tiny model: plans are compared with each other
 seed_everything(0)
 print(describe(device))
 

@@ -29,16 +29,13 @@ from IPython.display import Markdown, display
 from efftrain_lib import data
 from efftrain_lib import number_formats as nf
 from efftrain_lib import precision_explorer as pe
-from efftrain_lib.devices import describe, get_device, seed_everything
+from efftrain_lib.devices import describe, get_device, seed_everything, use_one_cpu_thread
 from efftrain_lib.models import language_model_loss, load_pretrained
 from efftrain_lib.precision import LossScaler, autocast_op_dtypes, train_mixed_precision, train_step
 
 device = get_device()
 seed_everything(0)
-if device.type == "cpu":
-    # One intra-op thread: this model's ops are too small to split, and on a busy 2-core machine two threads
-    # stall waiting for each other (measured while writing this chapter: steps 3-10x slower with 2 threads).
-    torch.set_num_threads(1)
+use_one_cpu_thread(device)  # steady timings on a tiny model (see its docstring)
 print(describe(device))
 
 # %% [markdown]

@@ -28,16 +28,12 @@ from IPython.display import Markdown, display
 from tqdm.auto import tqdm
 
 from efftrain_lib import data
-from efftrain_lib.devices import describe, get_device, seed_everything
+from efftrain_lib.devices import describe, get_device, seed_everything, use_one_cpu_thread
 from efftrain_lib.models import language_model_loss, load_pretrained
 
 device = get_device()
 seed_everything(0)
-if device.type == "cpu":
-    # One intra-op thread: with a tiny model the second thread buys ~25%, but on a shared 2-core machine a
-    # descheduled thread stalls every parallel op (measured here: 33 ms per window with 1 thread under
-    # load, 25 ms quiet / 500 ms under load with 2). Steady beats fast for the timings below.
-    torch.set_num_threads(1)
+use_one_cpu_thread(device)  # steady timings on a tiny model (see its docstring)
 print(describe(device))
 
 # %% [markdown]
