@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from benchmarks.timing import sync  # noqa: E402
 from efftrain_lib import data  # noqa: E402
 from efftrain_lib.accumulation import accumulation_step, split_batch  # noqa: E402
 from efftrain_lib.devices import describe, get_device  # noqa: E402
@@ -44,11 +45,6 @@ KS = (1, 2, 4, 8)
 ACTIVATION_SLACK = 1.1
 EQUAL_TOL = 1e-6
 OVERHEAD_TARGET = 1.05
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_model(args, device) -> TinyTransformer:
@@ -128,10 +124,10 @@ def main(argv=None) -> int:
         seen = {}
         for k, side in (order if round_ % 2 == 0 else order[::-1]):
             fn = ours[k] if side == "ours" else theirs[k]
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             seen[k, side] = time.perf_counter() - start
         for k in KS:
             times[k].append(seen[k, "ours"])

@@ -31,7 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from benchmarks.lora import median_ratio, report  # noqa: E402  (the shared timing protocol)
+from benchmarks.lora import report  # noqa: E402
+from benchmarks.timing import median_ratio  # noqa: E402  (the shared timing protocol)
 from efftrain_lib.checkpointing import enable_checkpointing  # noqa: E402
 from efftrain_lib.checkpointing_explorer import deep_config, token_batch  # noqa: E402
 from efftrain_lib.devices import describe, get_device  # noqa: E402

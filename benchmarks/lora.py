@@ -16,9 +16,7 @@ Not part of the test run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,48 +25,11 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from efftrain_lib.devices import describe, get_device  # noqa: E402
+from benchmarks.timing import median_ratio  # noqa: E402
 from efftrain_lib.lora import LoRALinear  # noqa: E402
 
 TRAIN_TARGET = 0.95
 MERGED_TARGET = 1.02
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, device: torch.device, inner: int) -> float:
-    """Seconds per call of fn, averaged over `inner` back-to-back calls."""
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / inner
-
-
-def median_ratio(fn_ours, fn_ref, device: torch.device, repeats: int, inner: int) -> tuple[float, float, float]:
-    """(median ours, median reference, median of per-round ratios).
-
-    Each round times both sides back to back, swapping which goes first every round, so load from
-    other processes on a shared machine lands on both sides of a ratio alike; the median of the
-    per-round ratios then ignores the rounds a burst of load hit unevenly.
-    """
-    for _ in range(3):  # warm-up: allocator, kernels, autograd graph caches
-        fn_ours(), fn_ref()
-    ours, ref, ratios = [], [], []
-    for round_ in range(repeats):
-        if round_ % 2:
-            b = _time(fn_ref, device, inner)
-            a = _time(fn_ours, device, inner)
-        else:
-            a = _time(fn_ours, device, inner)
-            b = _time(fn_ref, device, inner)
-        ours.append(a)
-        ref.append(b)
-        ratios.append(a / b)
-    return statistics.median(ours), statistics.median(ref), statistics.median(ratios)
 
 
 def peft_lora_linear(base: nn.Linear, rank: int, alpha: float) -> nn.Module:

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from benchmarks.timing import median_ratio  # noqa: E402
 from efftrain_lib import data  # noqa: E402
 from efftrain_lib.devices import describe, get_device  # noqa: E402
 from efftrain_lib.meter import MemoryMeter, profiler_peak_bytes  # noqa: E402
@@ -42,38 +41,6 @@ STEP_TARGET = 1.2
 # drive them into subnormals within ~120 calls, and subnormal arithmetic is slow on CPUs); not 1.0, where
 # GradScaler's kernel skips the multiplication.
 BENCH_SCALE = 1.0 + 2.0**-10
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, device: torch.device, inner: int) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / inner
-
-
-def median_ratio(fn_ours, fn_ref, device, repeats: int, inner: int) -> tuple[float, float, float]:
-    """(median ours, median reference, median of per-round ratios), sides alternating first."""
-    for _ in range(3):
-        fn_ours(), fn_ref()
-    ours, ref, ratios = [], [], []
-    for round_ in range(repeats):
-        if round_ % 2:
-            b = _time(fn_ref, device, inner)
-            a = _time(fn_ours, device, inner)
-        else:
-            a = _time(fn_ours, device, inner)
-            b = _time(fn_ref, device, inner)
-        ours.append(a)
-        ref.append(b)
-        ratios.append(a / b)
-    return statistics.median(ours), statistics.median(ref), statistics.median(ratios)
 
 
 class NoStepSGD(torch.optim.SGD):
