@@ -31,15 +31,14 @@ from __future__ import annotations
 import contextlib
 import math
 import struct
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from efftrain_lib.models import language_model_loss  # absolute: the graders load this file by path
+from efftrain_lib.training import TrainLog, train
 
 # Per-optimizer stages between two update() calls (GradScaler's OptState).
 READY, UNSCALED, STEPPED = "ready", "unscaled", "stepped"
@@ -316,23 +315,15 @@ class LossScaler:
 
 
 @dataclass
-class PrecisionLog:
-    """One run: loss, wall time, the scale in force at every step, and whether the optimizer stepped."""
+class PrecisionLog(TrainLog):
+    """One run: loss and wall time (TrainLog), the scale in force at every step, and whether the optimizer stepped."""
 
-    losses: list[float] = field(default_factory=list)
-    step_seconds: list[float] = field(default_factory=list)
     scales: list[float] = field(default_factory=list)
     stepped: list[bool] = field(default_factory=list)
 
     @property
     def skipped_steps(self) -> list[int]:
         return [i for i, ok in enumerate(self.stepped) if not ok]
-
-    @property
-    def median_step_seconds(self) -> float:
-        times = sorted(self.step_seconds[1:] or self.step_seconds)  # the first step pays warm-up
-        return times[len(times) // 2] if times else float("nan")
-
 
 def train_step(model: nn.Module, optimizer, scaler, inputs: torch.Tensor, targets: torch.Tensor,
                loss_fn: Callable = language_model_loss, max_grad_norm: float | None = None,
@@ -395,30 +386,20 @@ def train_mixed_precision(
 ) -> PrecisionLog:
     """training.train's loop (tqdm, meter, on_step) around `train_step`: fp32 (autocast_dtype None),
     bf16 autocast, or fp16 autocast with a scaler (a LossScaler or a torch.amp.GradScaler)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
     if autocast_dtype not in (None, torch.float16, torch.bfloat16):
         raise ValueError(f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype}")
-    device = next(model.parameters()).device
-    model.train()
     log = PrecisionLog()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    for step in bar:
-        inputs, targets = (t.to(device) for t in get_batch(step))
-        start = time.perf_counter()
+
+    def scaled_step(model, optimizer, inputs, targets, mark) -> float:
         log.scales.append(scaler.get_scale() if scaler is not None else 1.0)
-        context = meter.step(model, optimizer) if meter is not None else contextlib.nullcontext()
-        with context:
-            loss, stepped = train_step(model, optimizer, scaler, inputs, targets, loss_fn, max_grad_norm,
-                                       autocast_dtype, mark=meter.mark if meter is not None else None)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        log.step_seconds.append(time.perf_counter() - start)
-        log.losses.append(loss)
+        loss, stepped = train_step(model, optimizer, scaler, inputs, targets, loss_fn, max_grad_norm,
+                                   autocast_dtype, mark=mark)
         log.stepped.append(stepped)
-        bar.set_postfix(loss=f"{loss:.3f}", scale=f"{log.scales[-1]:g}")
-        if on_step is not None:
-            on_step(step, loss)
+        return loss
+
+    run = train(model, get_batch, steps=steps, optimizer=optimizer, meter=meter, on_step=on_step,
+                progress=progress, desc=desc, step_fn=scaled_step)
+    log.losses, log.step_seconds = run.losses, run.step_seconds
     return log
 
 

@@ -18,6 +18,7 @@ from .devices import autocast as autocast_ctx
 from .models import language_model_loss
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+StepFn = Callable[[torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor, Callable[[str], None]], float]
 
 
 @dataclass
@@ -50,12 +51,16 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     progress: bool = True,
     desc: str = "train",
+    step_fn: StepFn | None = None,
 ) -> TrainLog:
     """Train `model` for `steps` optimizer steps on batches from `get_batch(step)`.
 
     meter:   an efftrain_lib.meter.MemoryMeter; when given, each step runs inside `meter.step(...)`
              and is marked after forward, backward and the optimizer step.
     on_step: called as on_step(step, loss) after every step (live plots hook in here).
+    step_fn: replaces the body of a step (a chapter's own step, e.g. one with a loss scaler), called as
+             step_fn(model, optimizer, inputs, targets, mark) -> loss; it must call mark("forward"),
+             mark("backward") and mark("optimizer step"). Default: forward, backward, clip, step.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -67,30 +72,38 @@ def train(
         inputs, targets = (t.to(device) for t in get_batch(step))
         start = time.perf_counter()
         step_context = meter.step(model, optimizer) if meter is not None else contextlib.nullcontext()
+        mark = meter.mark if meter is not None else _no_mark
         with step_context:
-            with autocast_ctx(device, enabled=use_autocast):
-                loss = loss_fn(model(inputs), targets)
-            _mark(meter, "forward")
-            loss.backward()
-            _mark(meter, "backward")
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_grad_norm)
-            optimizer.step()
-            _mark(meter, "optimizer step")
-            optimizer.zero_grad(set_to_none=True)
+            if step_fn is None:
+                loss = _standard_step(model, optimizer, inputs, targets, mark, loss_fn, use_autocast, max_grad_norm)
+            else:
+                loss = step_fn(model, optimizer, inputs, targets, mark)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         log.step_seconds.append(time.perf_counter() - start)
-        log.losses.append(loss.item())
+        log.losses.append(loss)
         bar.set_postfix(loss=f"{log.losses[-1]:.3f}")
         if on_step is not None:
             on_step(step, log.losses[-1])
     return log
 
 
-def _mark(meter, label: str) -> None:
-    if meter is not None:
-        meter.mark(label)
+def _standard_step(model, optimizer, inputs, targets, mark, loss_fn, use_autocast, max_grad_norm) -> float:
+    with autocast_ctx(inputs.device, enabled=use_autocast):
+        loss = loss_fn(model(inputs), targets)
+    mark("forward")
+    loss.backward()
+    mark("backward")
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_grad_norm)
+    optimizer.step()
+    mark("optimizer step")
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def _no_mark(label: str) -> None:
+    pass
 
 
 @torch.no_grad()
