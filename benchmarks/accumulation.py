@@ -5,9 +5,9 @@
 
 One run prints, for each k (micro-batch = effective batch / k):
   time per effective batch   median over `repeats` timed windows (one window = k forward/backward
-                             passes + one AdamW step), in interleaved rounds: every k once per round,
-                             the order reversed every other round, so load bursts on a shared machine
-                             hit every k alike;
+                             passes + one AdamW step), in interleaved rounds (efftrain_lib.timing):
+                             every k once per round, the order rotated every round, so load bursts on
+                             a shared machine hit every k alike;
   peak memory                of one window, two sources: the course's meter (CPU: exact accounting of
                              weights, gradients, AdamW state, tensors saved for backward; CUDA: the
                              allocator's max_memory_allocated) and, on CPU, the allocator itself through
@@ -27,14 +27,13 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.timing import sync  # noqa: E402
+from efftrain_lib.timing import interleaved  # noqa: E402  (the shared timing protocol)
 from efftrain_lib import data  # noqa: E402
 from efftrain_lib.accumulation import accumulation_step, split_batch  # noqa: E402
 from efftrain_lib.devices import describe, get_device  # noqa: E402
@@ -49,7 +48,7 @@ OVERHEAD_TARGET = 1.05
 
 def make_model(args, device) -> TinyTransformer:
     torch.manual_seed(0)
-    config = TinyConfig(vocab_size=data.VOCAB_SIZE, dim=args.dim, n_layers=args.layers, n_heads=4,
+    config = TinyConfig(vocab_size=data.VOCAB_SIZE, hidden_size=args.dim, n_layers=args.layers, n_heads=4,
                         ffn_dim=int(args.dim * 8 / 3 // 4 * 4) or 4, max_seq_len=args.seq_len)
     return TinyTransformer(config).to(device)
 
@@ -117,21 +116,10 @@ def main(argv=None) -> int:
         ref_window()  # warm-up
         theirs[k] = ref_window
 
-    times = {k: [] for k in KS}
-    ratios = {k: [] for k in KS}
-    order = [(k, side) for k in KS for side in ("ours", "accelerate")]
-    for round_ in range(args.repeats):
-        seen = {}
-        for k, side in (order if round_ % 2 == 0 else order[::-1]):
-            fn = ours[k] if side == "ours" else theirs[k]
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            seen[k, side] = time.perf_counter() - start
-        for k in KS:
-            times[k].append(seen[k, "ours"])
-            ratios[k].append(seen[k, "ours"] / seen[k, "accelerate"])
+    runs = {**{(k, "ours"): ours[k] for k in KS}, **{(k, "accelerate"): theirs[k] for k in KS}}
+    timings = interleaved(runs, rounds=args.repeats, device=device)
+    times = {k: timings.samples[k, "ours"] for k in KS}
+    ratios = {k: timings.ratio((k, "ours"), (k, "accelerate")) for k in KS}
 
     print(f"{'k':>2} {'micro':>5} {'ms / effective batch':>21} {'vs k=1':>7} {'peak (meter)':>13} "
           f"{'activations':>12} {'peak (allocator)':>17}  ours/accelerate")
@@ -141,7 +129,7 @@ def main(argv=None) -> int:
         alloc = f"{allocator_peaks[k] / MIB:13.2f} MiB" if k in allocator_peaks else f"{'n/a':>17}"
         print(f"{k:>2} {args.effective_batch // k:>5} {t * 1e3:18.1f} ms {t / base_time:6.2f}x "
               f"{peaks[k].total / MIB:9.2f} MiB {peaks[k].activations / MIB:8.2f} MiB {alloc}  "
-              f"{statistics.median(ratios[k]):.3f}")
+              f"{ratios[k]:.3f}")
     print(f"meter source: {peaks[1].source}")
     if allocator_peaks:
         print("allocator source: torch.profiler (profile_memory=True), bytes above the level at the window's start\n")
@@ -167,7 +155,7 @@ def main(argv=None) -> int:
     print(f"2. parameters after 3 windows, ours vs accelerate: max |diff| {max(diffs):.1e} over k = {KS} "
           f"(target <= {EQUAL_TOL:g})  {'PASS' if passed else 'MISS'}")
 
-    overhead = statistics.median(ratios[max(KS)])
+    overhead = ratios[max(KS)]
     passed = overhead <= OVERHEAD_TARGET
     ok &= passed
     print(f"3. time per effective batch at k={max(KS)}, ours / accelerate: {overhead:.3f} "

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from benchmarks.lora import report  # noqa: E402
-from benchmarks.timing import median_ratio  # noqa: E402  (the shared timing protocol)
+from efftrain_lib.timing import median_ratio  # noqa: E402  (the shared timing protocol)
 from efftrain_lib.checkpointing import enable_checkpointing  # noqa: E402
 from efftrain_lib.checkpointing_explorer import deep_config, token_batch  # noqa: E402
 from efftrain_lib.devices import describe, get_device  # noqa: E402
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     device = get_device(args.device)
     batch_size, seq = (int(n) for n in args.tokens.lower().split("x"))
-    config = deep_config(n_layers=args.layers, dim=args.dim, seq=seq)
+    config = deep_config(n_layers=args.layers, hidden_size=args.dim, seq=seq)
     every = max(1, round(math.sqrt(args.layers)))
     torch.manual_seed(0)
     base = TinyTransformer(config).to(device)

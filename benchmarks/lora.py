@@ -25,7 +25,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from efftrain_lib.devices import describe, get_device  # noqa: E402
-from benchmarks.timing import median_ratio  # noqa: E402
+from efftrain_lib.timing import median_ratio  # noqa: E402  (the shared timing protocol)
 from efftrain_lib.lora import LoRALinear  # noqa: E402
 
 TRAIN_TARGET = 0.95

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.timing import median_ratio  # noqa: E402
+from efftrain_lib.timing import median_ratio  # noqa: E402  (the shared timing protocol)
 from efftrain_lib import data  # noqa: E402
 from efftrain_lib.devices import describe, get_device  # noqa: E402
 from efftrain_lib.meter import MemoryMeter, profiler_peak_bytes  # noqa: E402
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     batch_size, seq_len = (int(n) for n in args.batch.lower().split("x"))
     get_batch = data.batch_sampler(data.encode(data.load_text("founding_documents")), batch_size, seq_len, seed=0)
     step_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    wide = TinyConfig(dim=256, n_layers=4, n_heads=4, ffn_dim=688)
+    wide = TinyConfig(hidden_size=256, n_layers=4, n_heads=4, ffn_dim=688)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"device: {describe(device)}; load average {load} on {os.cpu_count()} CPUs")
     print(f"each ratio: median of per-round ratios over {args.repeats} rounds of {args.inner} call(s), after warm-up")

@@ -1,7 +1,7 @@
 """The gradient-accumulation chapter's slider: micro-batch size against accumulation steps.
 
 At a fixed effective batch B, a micro-batch of b means k = B / b accumulation steps. Plain functions
-compute what the widget shows from measured profiles (`accumulation.profile_accumulation`), and one
+compute what the widget shows from measured profiles (`profile_accumulation`, here), and one
 estimate carries the trade-off to a 7B model (Korthikanti et al. 2022's activation formula). The
 widget (`tradeoff_explorer`) is a thin shell around them; nbval never renders a widget, so the logic
 lives here and pytest tests it.
@@ -9,13 +9,82 @@ lives here and pytest tests it.
 
 from __future__ import annotations
 
-from typing import Sequence
+import copy
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
-from efftrain_lib.accumulation import AccumulationProfile
+import torch
+
+from efftrain_lib.accumulation import split_batch
+from efftrain_lib.devices import model_device
 from efftrain_lib.liveplot import CATEGORY_COLORS
-from efftrain_lib.meter import MIB
+from efftrain_lib.meter import MIB, MemoryBreakdown, MemoryMeter
+from efftrain_lib.timing import interleaved
+from efftrain_lib.training import Batch, training_step
+from efftrain_lib.widgets import interactive_figure
 
 MEMORY_PARTS = ("weights", "gradients", "optimizer_state", "activations")
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring: time per effective batch and peak memory, by micro-batch size
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccumulationProfile:
+    """One configuration's measurement: k micro-batches of b make one effective batch."""
+
+    micro_batch_size: int
+    accumulation_steps: int
+    seconds_per_window: float  # median wall time of one optimizer step (all k micro-batches)
+    peak: MemoryBreakdown  # the window's peak, by category, with its source
+
+    @property
+    def effective_batch(self) -> int:
+        return self.micro_batch_size * self.accumulation_steps
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak.total
+
+
+def profile_accumulation(
+    model: torch.nn.Module,
+    batch: Batch,
+    micro_batch_sizes: Sequence[int],
+    *,
+    make_optimizer: Callable = lambda params: torch.optim.AdamW(params, lr=1e-3),
+    repeats: int = 3,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> list[AccumulationProfile]:
+    """Time and memory of one effective batch, cut into micro-batches of each size.
+
+    Each configuration trains its own copy of `model`. Memory: one window under a MemoryMeter (CPU:
+    exact accounting; CUDA: the allocator). Time: the median of `repeats` windows without the meter
+    (after one warm-up window), timed in interleaved rounds (efftrain_lib.timing) so that a burst of
+    load on a shared machine hits all configurations alike.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    size = len(batch[0])
+    bad = [b for b in micro_batch_sizes if not isinstance(b, int) or b < 1 or size % b]
+    if bad or not micro_batch_sizes:
+        raise ValueError(f"micro-batch sizes must divide the effective batch ({size}); got {list(micro_batch_sizes)}")
+    steps, peaks = {}, {}
+    for micro in micro_batch_sizes:
+        trial = copy.deepcopy(model)
+        optimizer = make_optimizer([p for p in trial.parameters() if p.requires_grad])
+        window = split_batch(batch, micro)
+        training_step(trial, optimizer, window, autocast_dtype=autocast_dtype)  # warm-up: creates Adam state
+        meter = MemoryMeter()
+        training_step(trial, optimizer, window, autocast_dtype=autocast_dtype, meter=meter)
+        peaks[micro] = meter.last.peak
+        steps[micro] = (lambda t=trial, o=optimizer, w=window: training_step(t, o, w, autocast_dtype=autocast_dtype))
+    timings = interleaved(steps, rounds=repeats, device=model_device(model), progress=progress, desc="timing rounds")
+    return [AccumulationProfile(micro, size // micro, timings.seconds[micro], peaks[micro])
+            for micro in micro_batch_sizes]
 
 
 def configurations(effective_batch: int) -> list[tuple[int, int]]:
@@ -27,7 +96,7 @@ def configurations(effective_batch: int) -> list[tuple[int, int]]:
 
 def _check_profiles(profiles: Sequence[AccumulationProfile]) -> None:
     if not profiles:
-        raise ValueError("no profiles: measure some with accumulation.profile_accumulation(...) first")
+        raise ValueError("no profiles: measure some with profile_accumulation(...) first")
     sizes = {p.effective_batch for p in profiles}
     if len(sizes) != 1:
         raise ValueError(f"profiles must share one effective batch to be compared, got {sorted(sizes)}")
@@ -119,8 +188,6 @@ def draw_7b_estimate(ax, effective_batch: int = 64, micro_batch: int | None = No
 def tradeoff_explorer(profiles: Sequence[AccumulationProfile]):
     """A slider over the measured micro-batch sizes: memory and time at a fixed effective batch."""
     import ipywidgets as widgets
-
-    from efftrain_lib.widgets import interactive_figure
 
     rows = tradeoff_rows(profiles)
     effective = profiles[0].effective_batch

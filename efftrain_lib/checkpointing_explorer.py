@@ -26,13 +26,18 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
-from .checkpointing import disable_checkpointing, enable_checkpointing
+from .checkpointing import checkpoint, checkpoint_sequential, disable_checkpointing, enable_checkpointing
+from .devices import model_device
 from .meter import MIB, SavedTensorCounter, measure_step
-from .models import TinyConfig, TinyTransformer, language_model_loss
-from .training import train
+from .losses import language_model_loss
+from .models import TinyConfig, TinyTransformer
+from .timing import FIRST, Timings, interleaved
+from .training import train, training_step
+from .widgets import WIDE, interactive_figure
 
 
 # ---------------------------------------------------------------------------------- models --
@@ -44,10 +49,11 @@ def thin_chain(n_layers: int, width: int = 256, seed: int = 0) -> nn.Sequential:
     return nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.Tanh()) for _ in range(n_layers)])
 
 
-def deep_config(n_layers: int = 16, dim: int = 64, seq: int = 64) -> TinyConfig:
-    """The tiny transformer with n layers (the sqrt(n) experiments use 16), its MLP scaled with dim as in
-    the default TinyConfig (ffn 172 at dim 64, LLaMA's ~8/3 ratio)."""
-    return TinyConfig(n_layers=n_layers, dim=dim, n_heads=4, ffn_dim=round(dim * 172 / 64), max_seq_len=seq)
+def deep_config(n_layers: int = 16, hidden_size: int = 64, seq: int = 64) -> TinyConfig:
+    """The tiny transformer with n layers (the sqrt(n) experiments use 16), its MLP scaled with the hidden
+    size as in the default TinyConfig (ffn 172 at hidden size 64, LLaMA's ~8/3 ratio)."""
+    return TinyConfig(n_layers=n_layers, hidden_size=hidden_size, n_heads=4, ffn_dim=round(hidden_size * 172 / 64),
+                      max_seq_len=seq)
 
 
 def token_batch(config: TinyConfig, batch_size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,50 +119,26 @@ def measure_plan(model: TinyTransformer, batch, every: int | None, *, steps: int
                            activation_peak(record), seconds)
 
 
-@dataclass(frozen=True)
-class Timings:
-    """seconds: median step seconds per run; ratios: median over rounds of (run / reference in the same
-    round), the figure to compare: it cancels the drift of a shared machine's load between rounds."""
-
-    seconds: dict
-    ratios: dict
-    reference: object
-    rounds: int
-
-
-_FIRST = object()
-
-
-def interleaved_step_seconds(runs: dict, batch, *, reference=_FIRST, rounds: int = 11,
+def interleaved_step_seconds(runs: dict, batch, *, reference=FIRST, rounds: int = 11,
                              progress: bool = True) -> Timings:
-    """Step times of each run, measured in interleaved rounds.
+    """Step times of each run, measured in interleaved rounds (efftrain_lib.timing).
 
-    runs: {label: (model, setup)}; setup() (or None) is called before each of the run's turns (e.g. to
-    apply a checkpointing plan). Each round runs every run, in a rotated order, for one step of
-    `training.train` (SGD at lr 0), so load from other processes lands on all runs alike; the median
-    over rounds drops the rounds a burst hit. reference: the label ratios are taken against (default:
+    runs: {label: (model, setup)}; setup() (or None) is called, untimed, before each of the run's turns
+    (e.g. to apply a checkpointing plan). A turn is one `training_step` with SGD at lr 0 (forward +
+    backward + a step that changes nothing). reference: the label ratios are taken against (default:
     the first run).
     """
     if rounds < 1 or not runs:
         raise ValueError(f"interleaved_step_seconds needs rounds >= 1 and at least one run, got {rounds} and {runs}")
-    labels = list(runs)
-    reference = labels[0] if reference is _FIRST else reference
-    if reference not in runs:
-        raise ValueError(f"reference {reference!r} is not one of the runs {labels}")
-    from tqdm.auto import tqdm
 
-    times: dict = {label: [] for label in labels}
-    for round_ in tqdm(range(rounds), desc="timing", disable=not progress, leave=False):
-        shift = round_ % len(labels)
-        for label in labels[shift:] + labels[:shift]:
-            model, setup = runs[label]
-            if setup is not None:
-                setup()
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-            log = train(model, lambda step: batch, steps=1, optimizer=optimizer, progress=False)
-            times[label].append(log.step_seconds[-1])
-    ratios = {label: statistics.median(t / r for t, r in zip(times[label], times[reference])) for label in labels}
-    return Timings({label: statistics.median(v) for label, v in times.items()}, ratios, reference, rounds)
+    def one_step(model):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        return lambda: training_step(model, optimizer, [batch])
+
+    steps = {label: one_step(model) for label, (model, _) in runs.items()}
+    setups = {label: setup for label, (_, setup) in runs.items() if setup is not None}
+    device = model_device(next(iter(runs.values()))[0])
+    return interleaved(steps, rounds=rounds, reference=reference, setups=setups, device=device, progress=progress)
 
 
 def time_plans(model: TinyTransformer, batch, plans: list[int | None], *, rounds: int = 11, impl: str = "ours",
@@ -185,8 +167,6 @@ def chain_plan_bytes(chain: nn.Sequential, x: torch.Tensor, every: int | None, *
     every=None: plain. sequential=True: efftrain_lib.checkpointing.checkpoint_sequential with
     len(chain) // every segments (its last segment is not checkpointed); else every segment is.
     """
-    from .checkpointing import checkpoint, checkpoint_sequential
-
     n = len(chain)
     blocks = list(chain)
 
@@ -352,8 +332,6 @@ def plan_explorer(model: ActivationModel, forward_share: float, batch_size: int 
     Each new (layers, every) is measured once, live (a second or two), then cached.
     """
     import ipywidgets as widgets
-
-    from .widgets import WIDE, interactive_figure
 
     def draw(ax, n_layers, every):
         every = max(1, min(every, n_layers))

@@ -24,8 +24,8 @@ def get_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast_dtype(device: torch.device | str) -> torch.dtype:
-    """The low-precision dtype autocast should use on `device`.
+def low_precision_dtype(device: torch.device | str) -> torch.dtype:
+    """The 16-bit dtype autocast should use on `device`.
 
     bf16 on CPU and on GPUs that support it (no loss scaling needed); fp16 on older GPUs.
     """
@@ -35,12 +35,30 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16
 
 
-def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtype | None = None):
-    """torch.autocast for `device` with the course's default low-precision dtype."""
-    device = torch.device(device)
-    if not enabled:
+AUTOCAST_DTYPES = (None, torch.float16, torch.bfloat16)
+
+
+def check_autocast_dtype(dtype) -> torch.dtype | None:
+    """The course spells mixed precision one way: `autocast_dtype`, None for fp32 (no autocast)."""
+    if dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast_dtype must be None (fp32), torch.float16 or torch.bfloat16, got {dtype!r}")
+    return dtype
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """torch.autocast on `device` in `dtype`, or no autocast at all when dtype is None (fp32)."""
+    if check_autocast_dtype(dtype) is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype or autocast_dtype(device))
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a model with neither."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

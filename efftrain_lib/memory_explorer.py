@@ -17,6 +17,7 @@ from efftrain_lib.memory import (
     TransformerShape,
     estimate_training_memory,
 )
+from efftrain_lib.memory_advisor import advise, compare_with_seed
 from efftrain_lib.widgets import interactive_figure, wide
 
 #: Common accelerator memory sizes, GB as sold (RTX 4090 / A10G 24, A100 40, A100 / H100 80, H200 141).
@@ -128,8 +129,6 @@ def memory_calculator():
 
 def advisor_table(model="Llama-2-7B", *, batch_size=8, seq_len=2048, budget_gb=80.0, top=None, **kwargs) -> str:
     """The advisor's ranking as text, with the seed's order beside it."""
-    from efftrain_lib.memory_advisor import advise, compare_with_seed
-
     options = advise(model, batch_size=batch_size, seq_len=seq_len, budget_gb=budget_gb, **kwargs)
     shown = options if top is None else options[:top]
     head = f"{model}, batch {batch_size} x {seq_len} tokens, budget {budget_gb:g} GB"

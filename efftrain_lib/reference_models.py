@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # for annotations only; never imported at run time here
 __all__ = [
     "copy_lora_weights",
     "copy_lora_weights_from_peft",
-    "max_abs_diff",
     "paired_lora_parameters",
     "peft_lora_model",
     "tiny_llama",
@@ -151,8 +150,3 @@ def copy_lora_weights_from_peft(peft_model: nn.Module, ours: nn.Module) -> None:
     """The reverse: give our model PEFT's adapter tensors."""
     for _, our_param, peft_param in paired_lora_parameters(ours, peft_model):
         our_param.copy_(peft_param)
-
-
-def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| as a float, computed in fp32 (the figure every comparison states)."""
-    return (a.detach().float() - b.detach().float()).abs().max().item()

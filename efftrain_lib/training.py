@@ -1,7 +1,24 @@
-"""A small training loop, readable in one sitting, with a tqdm progress bar.
+"""One training step and one loop, readable in one sitting. Every chapter trains through them, so
+timings and memory are measured the same way everywhere.
 
-Every chapter trains through this loop so that timings and memory are measured the same way.
-It knows nothing about LoRA or checkpointing: those change the model, not the loop.
+    result = training_step(model, optimizer, micro_batches)        # one optimizer step over a window
+    log = train(model, get_batch, steps=100, optimizer=optimizer)  # the loop around it (tqdm, timing)
+
+One step over a window of k micro-batches (k = 1 is a plain step) is nanoGPT's micro-step loop
+(karpathy/nanoGPT train.py), with the window normalised by its labelled tokens:
+
+    zero_grad
+    for each micro-batch:  forward under autocast, loss / (labelled tokens of the whole window),
+                           scaler.scale(loss).backward()       gradients add up in .grad
+    scaler.unscale_ (only when clipping: the clip must see true gradients), clip,
+    scaler.step (skipped if a gradient is inf/NaN), scaler.update, scheduler.step, zero_grad
+
+Without a scaler a disabled torch.amp.GradScaler stands in, as in nanoGPT: its scale, unscale_ and
+update do nothing and its step() just steps, so one code path serves fp32, bf16 and fp16.
+
+The chapters' own entry points (`precision.train_step`, `accumulation.accumulation_step`,
+`accumulation.GradientAccumulator`, `meter.measure_step`) are thin wrappers around `training_step`.
+It knows nothing about LoRA or checkpointing: those change the model, not the step.
 """
 
 from __future__ import annotations
@@ -9,33 +26,255 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .devices import autocast as autocast_ctx
-from .models import language_model_loss
+from .devices import autocast, check_autocast_dtype, model_device
+from .losses import IGNORE_INDEX, check_logits_labels, count_labelled, language_model_loss, summed_loss
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-StepFn = Callable[[torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor, Callable[[str], None]], float]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+__all__ = ["Batch", "StepResult", "TrainLog", "check_step_options", "evaluate", "train", "train_windows",
+           "trainable_parameters", "training_step"]
+
+
+class StepResult(NamedTuple):
+    """What one optimizer step did: the window's loss, and whether the optimizer stepped (a scaler
+    skips the step when a gradient is inf/NaN)."""
+
+    loss: float
+    stepped: bool
 
 
 @dataclass
 class TrainLog:
-    """What one run produced: the loss and wall time of every step."""
+    """What one run produced, step by step: loss, wall time, the loss scale in force (1.0 without a
+    scaler) and whether the optimizer stepped."""
 
     losses: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
+    stepped: list[bool] = field(default_factory=list)
 
     @property
     def median_step_seconds(self) -> float:
         times = sorted(self.step_seconds[1:] or self.step_seconds)  # the first step pays warm-up
         return times[len(times) // 2] if times else float("nan")
 
+    @property
+    def skipped_steps(self) -> list[int]:
+        return [i for i, ok in enumerate(self.stepped) if not ok]
+
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+# ----------------------------------------------------------------------------------------------
+# The step
+# ----------------------------------------------------------------------------------------------
+
+
+def training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    micro_batches: Sequence[Batch],
+    *,
+    loss_fn: LossFn | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    scaler=None,
+    max_grad_norm: float | None = None,
+    scheduler=None,
+    meter=None,
+) -> StepResult:
+    """One optimizer step over a window of micro-batches [(inputs, labels), ...]; returns its loss.
+
+    loss_fn:        None: next-token cross-entropy, normalised by the window's labelled tokens (labels
+                    -100 ignored), so the step's gradient is the token mean over the whole window,
+                    however the tokens are spread over micro-batches. Or a callable
+                    loss_fn(outputs, targets) -> the mean loss of one batch (any loss): windows of one
+                    micro-batch only, since a mean cannot be re-weighted by tokens it does not report.
+    autocast_dtype: None (fp32), torch.bfloat16 or torch.float16: forward under torch.autocast.
+    scaler:         a torch.amp.GradScaler or anything with its interface (scale, unscale_, step,
+                    update, get_scale): every micro-batch loss is scaled; unscale_ (when clipping),
+                    step and update run once, at the end of the window.
+    max_grad_norm:  clip the window's (unscaled) gradient to this norm before the step.
+    scheduler:      stepped once, after the optimizer step.
+    meter:          a MemoryMeter: the window is one recorded step, marked after every forward and
+                    backward ("forward", or "forward 1".."forward k" for k > 1) and after the step.
+    optimizer=None: forward and backward only (to measure them); the gradients are then dropped.
+
+    The window starts from zero gradients and leaves none behind. Errors (ValueError, before any
+    optimizer step): an empty window, a window with no labelled position (its token mean is 0/0),
+    labels that do not fit the logits, a custom loss_fn over several micro-batches.
+    """
+    window = _check_window(micro_batches)
+    check_step_options(scaler=scaler, max_grad_norm=max_grad_norm, scheduler=scheduler,
+                       autocast_dtype=autocast_dtype)
+    if optimizer is None and (scaler is not None or scheduler is not None or max_grad_norm is not None):
+        raise ValueError("optimizer=None measures forward and backward only: scaler, scheduler and "
+                         "max_grad_norm need an optimizer")
+    micro_loss = _micro_loss(window, loss_fn)
+    device = model_device(model)
+    if scaler is None:  # nanoGPT's trick: a disabled GradScaler removes every branch below
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+    _zero_grad(model, optimizer)
+    recording = meter.step(model, optimizer) if meter is not None else contextlib.nullcontext()
+    mark = meter.mark if meter is not None else _no_mark
+    numbered = len(window) > 1
+    with recording:
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        for i, (inputs, targets) in enumerate(window, start=1):
+            inputs, targets = inputs.to(device), targets.to(device)
+            with autocast(device, autocast_dtype):
+                outputs = model(inputs)
+            try:
+                loss = micro_loss(outputs, targets)
+            except ValueError as error:
+                _zero_grad(model, optimizer)  # no half-accumulated gradient is left behind
+                raise ValueError(f"micro-batch {i - 1}: {error}") from None
+            mark(f"forward {i}" if numbered else "forward")
+            scaler.scale(loss).backward()
+            total += loss.detach()
+            del outputs, loss  # the graph is gone after backward; free the logits before the next forward
+            mark(f"backward {i}" if numbered else "backward")
+        stepped = True
+        if optimizer is not None:
+            stepped = _optimizer_step(optimizer, scaler, max_grad_norm)
+            mark("optimizer step")
+            if scheduler is not None:
+                scheduler.step()
+        _zero_grad(model, optimizer)
+    return StepResult(total.item(), stepped)
+
+
+def _micro_loss(window: list[Batch], loss_fn: LossFn | None) -> LossFn:
+    """The loss of one micro-batch, already divided so that the window's pieces add up to its mean."""
+    if loss_fn is not None:
+        if len(window) > 1:
+            raise ValueError(
+                f"a custom loss_fn returns one batch's mean, which cannot be re-weighted across a window of "
+                f"{len(window)} micro-batches; use loss_fn=None (the token-normalised cross-entropy) to accumulate")
+        return loss_fn
+    # The normaliser is known before any forward: the labels alone say how many positions count.
+    n_labelled = sum(count_labelled(labels) for _, labels in window)
+    if n_labelled == 0:
+        raise ValueError(
+            f"window of {len(window)} micro-batch(es) has no labelled position (every label is {IGNORE_INDEX}): "
+            "its token-mean loss is 0/0; drop the window or check the padding")
+
+    def token_normalised(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        check_logits_labels(logits, labels)
+        return summed_loss(logits, labels) / n_labelled
+
+    return token_normalised
+
+
+def _optimizer_step(optimizer, scaler, max_grad_norm: float | None) -> bool:
+    """unscale_ (only to clip), clip, step, update; returns whether the optimizer stepped."""
+    if max_grad_norm is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    before = scaler.get_scale()
+    result = scaler.step(optimizer)
+    scaler.update()
+    # Our LossScaler returns a bool. GradScaler returns optimizer.step()'s value (None) whether or not it
+    # skipped: read the skip from the scale instead, since a skipped step always backs off.
+    return result if isinstance(result, bool) else scaler.get_scale() >= before
+
+
+def _zero_grad(model: torch.nn.Module, optimizer) -> None:
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        model.zero_grad(set_to_none=True)
+
+
+def _no_mark(label: str) -> None:
+    pass
+
+
+def _check_window(micro_batches) -> list[Batch]:
+    if isinstance(micro_batches, (str, bytes)) or not isinstance(micro_batches, Iterable):
+        raise ValueError(f"micro_batches must be a list of (inputs, labels) pairs, got {type(micro_batches).__name__}")
+    window = list(micro_batches)
+    if not window:
+        raise ValueError("empty window: a step needs at least one (inputs, labels) micro-batch")
+    for i, pair in enumerate(window):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], torch.Tensor)):
+            raise ValueError(f"micro-batch {i} must be a pair (inputs, labels) with labels a tensor, got {pair!r:.80}")
+    return window
+
+
+def check_step_options(*, scaler=None, max_grad_norm=None, scheduler=None, autocast_dtype=None) -> None:
+    """Refuse a bad option of `training_step` up front (loops check once, before the first window)."""
+    check_autocast_dtype(autocast_dtype)
+    _check_scaler(scaler)
+    _check_max_grad_norm(max_grad_norm)
+    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+        raise ValueError(f"scheduler must have a step() method (a torch.optim.lr_scheduler), got {type(scheduler).__name__}")
+
+
+def _check_scaler(scaler) -> None:
+    if scaler is None:
+        return
+    missing = [name for name in ("scale", "unscale_", "step", "update", "get_scale")
+               if not callable(getattr(scaler, name, None))]
+    if missing:
+        raise ValueError(f"scaler must have GradScaler's interface (scale, unscale_, step, update, get_scale); "
+                         f"{type(scaler).__name__} lacks {missing}")
+
+
+def _check_max_grad_norm(max_grad_norm) -> None:
+    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
+        raise ValueError(f"max_grad_norm must be a positive number or None, got {max_grad_norm!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+def train_windows(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    windows: Iterable[Sequence[Batch]],
+    *,
+    total: int | None = None,
+    meter=None,
+    on_step: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    **step_options,
+) -> TrainLog:
+    """One `training_step` per window of micro-batches, with a progress bar and per-step timing.
+
+    step_options: training_step's options (loss_fn, autocast_dtype, scaler, max_grad_norm, scheduler).
+    meter:   a MemoryMeter; each step is one recorded meter step.
+    on_step: called as on_step(step, loss) after every step (live plots hook in here).
+    """
+    device = model_device(model)
+    scaler = step_options.get("scaler")
+    model.train()
+    log = TrainLog()
+    bar = tqdm(windows, total=total, desc=desc, disable=not progress, leave=False)
+    for step, window in enumerate(bar):
+        log.scales.append(scaler.get_scale() if scaler is not None else 1.0)
+        start = time.perf_counter()
+        loss, stepped = training_step(model, optimizer, window, meter=meter, **step_options)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        log.step_seconds.append(time.perf_counter() - start)
+        log.losses.append(loss)
+        log.stepped.append(stepped)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if on_step is not None:
+            on_step(step, loss)
+    return log
 
 
 def train(
@@ -44,74 +283,29 @@ def train(
     *,
     steps: int,
     optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = language_model_loss,
-    use_autocast: bool = False,
-    max_grad_norm: float | None = None,
-    meter=None,
-    on_step: Callable[[int, float], None] | None = None,
-    progress: bool = True,
-    desc: str = "train",
-    step_fn: StepFn | None = None,
+    accumulation_steps: int = 1,
+    **options,
 ) -> TrainLog:
-    """Train `model` for `steps` optimizer steps on batches from `get_batch(step)`.
-
-    meter:   an efftrain_lib.meter.MemoryMeter; when given, each step runs inside `meter.step(...)`
-             and is marked after forward, backward and the optimizer step.
-    on_step: called as on_step(step, loss) after every step (live plots hook in here).
-    step_fn: replaces the body of a step (a chapter's own step, e.g. one with a loss scaler), called as
-             step_fn(model, optimizer, inputs, targets, mark) -> loss; it must call mark("forward"),
-             mark("backward") and mark("optimizer step"). Default: forward, backward, clip, step.
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    device = next(model.parameters()).device
-    model.train()
-    log = TrainLog()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    for step in bar:
-        inputs, targets = (t.to(device) for t in get_batch(step))
-        start = time.perf_counter()
-        step_context = meter.step(model, optimizer) if meter is not None else contextlib.nullcontext()
-        mark = meter.mark if meter is not None else _no_mark
-        with step_context:
-            if step_fn is None:
-                loss = _standard_step(model, optimizer, inputs, targets, mark, loss_fn, use_autocast, max_grad_norm)
-            else:
-                loss = step_fn(model, optimizer, inputs, targets, mark)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        log.step_seconds.append(time.perf_counter() - start)
-        log.losses.append(loss)
-        bar.set_postfix(loss=f"{log.losses[-1]:.3f}")
-        if on_step is not None:
-            on_step(step, log.losses[-1])
-    return log
-
-
-def _standard_step(model, optimizer, inputs, targets, mark, loss_fn, use_autocast, max_grad_norm) -> float:
-    with autocast_ctx(inputs.device, enabled=use_autocast):
-        loss = loss_fn(model(inputs), targets)
-    mark("forward")
-    loss.backward()
-    mark("backward")
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_grad_norm)
-    optimizer.step()
-    mark("optimizer step")
-    optimizer.zero_grad(set_to_none=True)
-    return loss.item()
-
-
-def _no_mark(label: str) -> None:
-    pass
+    """Train for `steps` optimizer steps; each consumes `accumulation_steps` micro-batches, the i-th
+    micro-batch of the run being `get_batch(i)`. options: those of `train_windows` and `training_step`
+    (loss_fn, autocast_dtype, scaler, max_grad_norm, scheduler, meter, on_step, progress, desc)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}")
+    check_step_options(**{k: v for k, v in options.items()
+                          if k in ("scaler", "max_grad_norm", "scheduler", "autocast_dtype")})
+    k = accumulation_steps
+    windows = ([get_batch(step * k + j) for j in range(k)] for step in range(steps))
+    return train_windows(model, optimizer, windows, total=steps, **options)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list[Batch], loss_fn=language_model_loss) -> float:
+def evaluate(model: torch.nn.Module, batches: list[Batch], loss_fn: LossFn = language_model_loss) -> float:
     """Mean loss over a fixed list of batches, in eval mode (dropout off)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     losses = [loss_fn(model(x.to(device)), y.to(device)).item() for x, y in batches]
     model.train(was_training)
     return sum(losses) / len(losses)

@@ -18,17 +18,16 @@ from efftrain_lib.accumulation import (
     GradientAccumulator,
     accumulation_step,
     count_labelled,
-    gradient_dict,
-    max_abs_diff,
-    profile_accumulation,
     split_batch,
     summed_loss,
     windows,
 )
+from efftrain_lib.accumulation_explorer import profile_accumulation
+from efftrain_lib.comparing import gradient_dict, max_abs_diff
 from efftrain_lib.models import TinyConfig, TinyTransformer, language_model_loss
 
 TOL = 1e-6
-CONFIG = TinyConfig(vocab_size=16, dim=16, n_layers=1, n_heads=2, ffn_dim=32, max_seq_len=12)
+CONFIG = TinyConfig(vocab_size=16, hidden_size=16, n_layers=1, n_heads=2, ffn_dim=32, max_seq_len=12)
 
 
 def _model(seed=0):
@@ -299,7 +298,7 @@ def test_profile_smaller_micro_batches_keep_fewer_activations():
 
 # ------------------------------------------------------------------ the slider's logic --
 def _profile(micro, k, acts_mib, seconds):
-    from efftrain_lib.accumulation import AccumulationProfile
+    from efftrain_lib.accumulation_explorer import AccumulationProfile
     from efftrain_lib.meter import MemoryBreakdown
 
     mib = 2**20
@@ -405,14 +404,16 @@ def test_equals_accelerate_accumulate_on_equal_micro_batches_and_shows_its_k_nor
 
 
 def test_autocast_dtype_reaches_the_forward_pass():
-    """use_autocast runs the forward in the course's low-precision dtype (bf16 on CPU); autocast_dtype
-    forces one (fp16 with a GradScaler is the GPU recipe; exercised here on a tiny CPU model)."""
+    """autocast_dtype runs the forward in that dtype (bf16; fp16 with a GradScaler is the GPU recipe,
+    exercised here on a tiny CPU model); None is fp32. Anything else is refused."""
     model = _model()
     seen = []
     model.lm_head.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     micro = [_batch(2)]
-    accumulation_step(model, torch.optim.SGD(model.parameters(), lr=0.1), micro, use_autocast=True)
+    accumulation_step(model, torch.optim.SGD(model.parameters(), lr=0.1), micro, autocast_dtype=torch.bfloat16)
     accumulation_step(model, torch.optim.SGD(model.parameters(), lr=0.1), micro, scaler=torch.amp.GradScaler("cpu"),
-                      use_autocast=True, autocast_dtype=torch.float16)
+                      autocast_dtype=torch.float16)
     accumulation_step(model, torch.optim.SGD(model.parameters(), lr=0.1), micro)
     assert seen == [torch.bfloat16, torch.float16, torch.float32]
+    with pytest.raises(ValueError, match="autocast_dtype must be None"):
+        accumulation_step(model, torch.optim.SGD(model.parameters(), lr=0.1), micro, autocast_dtype=torch.float64)

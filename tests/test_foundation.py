@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from efftrain_lib import data
-from efftrain_lib.devices import autocast_dtype, get_device, seed_everything
+from efftrain_lib.devices import low_precision_dtype, get_device, seed_everything
 from efftrain_lib.models import TinyConfig, TinyTransformer, generate, language_model_loss, load_pretrained
 from efftrain_lib.training import evaluate, train
 
-SMALL = TinyConfig(vocab_size=data.VOCAB_SIZE, dim=32, n_layers=2, n_heads=4, ffn_dim=64, max_seq_len=16)
+SMALL = TinyConfig(vocab_size=data.VOCAB_SIZE, hidden_size=32, n_layers=2, n_heads=4, ffn_dim=64, max_seq_len=16)
 
 
 def test_cpu_is_the_default_without_cuda_and_autocast_uses_bf16_there():
@@ -16,7 +16,7 @@ def test_cpu_is_the_default_without_cuda_and_autocast_uses_bf16_there():
         assert get_device().type == "cpu"
         with pytest.raises(ValueError, match="CUDA was requested"):
             get_device("cuda")
-    assert autocast_dtype("cpu") == torch.bfloat16
+    assert low_precision_dtype("cpu") == torch.bfloat16
 
 
 def test_seeding_makes_initialisation_repeatable():
@@ -47,7 +47,7 @@ def test_the_model_is_causal():
 
 def test_bad_configs_and_inputs_are_named():
     with pytest.raises(ValueError, match="divisible by n_heads"):
-        TinyConfig(dim=30, n_heads=4)
+        TinyConfig(hidden_size=30, n_heads=4)
     with pytest.raises(ValueError, match="n_layers must be >= 1"):
         TinyConfig(n_layers=0)
     with pytest.raises(ValueError, match="exceeds max_seq_len"):
@@ -84,7 +84,7 @@ def test_training_reduces_the_loss_and_reports_each_step():
                 on_step=lambda step, loss: seen.append(step), progress=False)
     assert seen == list(range(40)) and len(log.step_seconds) == 40
     assert sum(log.losses[-5:]) / 5 < log.losses[0] - 0.5, "40 AdamW steps should cut the loss by > 0.5 nats"
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         train(model, get_batch, steps=0, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
 
 

@@ -30,11 +30,11 @@ from efftrain_lib.lora import (  # noqa: E402
     lora_parameters,
     merge_lora,
 )
+from efftrain_lib.comparing import max_abs_diff  # noqa: E402
 from efftrain_lib.models import TinyConfig, TinyTransformer  # noqa: E402
 from efftrain_lib.reference_models import (  # noqa: E402
     copy_lora_weights,
     copy_lora_weights_from_peft,
-    max_abs_diff,
     paired_lora_parameters,
     peft_lora_model,
     tiny_llama,
@@ -181,7 +181,7 @@ def test_pairing_refuses_different_layers():
 def test_apply_lora_is_model_agnostic():
     # The same call on our TinyTransformer and on transformers' Llama: same layers, same count.
     rank, dim, n_layers = 4, 64, 2
-    tiny = apply_lora(TinyTransformer(TinyConfig(dim=dim, n_layers=n_layers)), ["q_proj", "v_proj"], rank, 8)
+    tiny = apply_lora(TinyTransformer(TinyConfig(hidden_size=dim, n_layers=n_layers)), ["q_proj", "v_proj"], rank, 8)
     llama = apply_lora(tiny_llama(0), ["q_proj", "v_proj"], rank, 8)
     expected = n_layers * 2 * (dim + dim) * rank
     assert count_parameters(tiny)[0] == count_parameters(llama)[0] == expected

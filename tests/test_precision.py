@@ -23,8 +23,8 @@ from efftrain_lib.precision import (
     LossScaler,
     autocast_op_dtypes,
     to_fp32,
-    train_mixed_precision,
 )
+from efftrain_lib.training import train
 
 INF, NAN = float("inf"), float("nan")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -411,15 +411,15 @@ def _tiny_lm_run(scaler, autocast_dtype, steps=4):
     from efftrain_lib.models import TinyConfig, TinyTransformer
 
     torch.manual_seed(0)
-    model = TinyTransformer(TinyConfig(dim=32, n_layers=1, n_heads=2, ffn_dim=64, max_seq_len=16))
+    model = TinyTransformer(TinyConfig(hidden_size=32, n_layers=1, n_heads=2, ffn_dim=64, max_seq_len=16))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     get_batch = data.batch_sampler(data.encode(data.load_text("sonnets"))[:4000], batch_size=2, seq_len=16)
-    log = train_mixed_precision(model, get_batch, steps=steps, optimizer=optimizer, autocast_dtype=autocast_dtype,
+    log = train(model, get_batch, steps=steps, optimizer=optimizer, autocast_dtype=autocast_dtype,
                                 scaler=scaler, max_grad_norm=1.0, progress=False)
     return log, model
 
 
-def test_train_mixed_precision_fp16_equals_gradscaler_run():
+def test_train_with_fp16_loss_scaler_equals_gradscaler_run():
     kwargs = dict(init_scale=2.0**20, growth_interval=2)
     ours, m1 = _tiny_lm_run(LossScaler(**kwargs), torch.float16)
     ref, m2 = _tiny_lm_run(torch.amp.GradScaler("cpu", **kwargs), torch.float16)
@@ -428,12 +428,12 @@ def test_train_mixed_precision_fp16_equals_gradscaler_run():
     assert len(ours.step_seconds) == 4 and ours.median_step_seconds > 0
 
 
-def test_train_mixed_precision_bf16_and_fp32_without_scaler():
+def test_train_in_bf16_and_fp32_without_scaler():
     for dtype in (torch.bfloat16, None):
         log, _ = _tiny_lm_run(None, dtype, steps=2)
         assert log.scales == [1.0, 1.0] and log.skipped_steps == [] and all(math.isfinite(v) for v in log.losses)
     with pytest.raises(ValueError, match="autocast_dtype"):
-        train_mixed_precision(_mlp(), lambda s: None, steps=1, optimizer=None, autocast_dtype=torch.float64)
+        train(_mlp(), lambda s: None, steps=1, optimizer=None, autocast_dtype=torch.float64)
 
 
 def test_autocast_op_dtypes_on_cpu():
@@ -459,7 +459,7 @@ def test_collect_gradients_and_histogram():
     from efftrain_lib.models import TinyConfig, TinyTransformer
 
     torch.manual_seed(0)
-    model = TinyTransformer(TinyConfig(dim=16, n_layers=1, n_heads=2, ffn_dim=32, max_seq_len=8))
+    model = TinyTransformer(TinyConfig(hidden_size=16, n_layers=1, n_heads=2, ffn_dim=32, max_seq_len=8))
     batch = (torch.randint(0, 96, (2, 8)), torch.randint(0, 96, (2, 8)))
     grads = pe.collect_gradients(model, batch)
     assert set(grads) == {pe.ACTIVATION_GRADS, pe.WEIGHT_GRADS}
