@@ -291,14 +291,20 @@ POLICIES = ("block", "attention", "mlp", "sub_blocks")
 IMPLEMENTATIONS = ("ours", "torch", "torch-reentrant")
 
 
-def _checkpointer(impl: str, preserve_rng_state: bool) -> Callable:
+def _checkpointer(impl: str, preserve_rng_state: bool, input_requires_grad: bool) -> Callable:
     if impl == "ours":
-        return lambda fn, *args: checkpoint(fn, *args, preserve_rng_state=preserve_rng_state)
-    from torch.utils.checkpoint import checkpoint as torch_checkpoint
+        ckpt = lambda fn, *args: checkpoint(fn, *args, preserve_rng_state=preserve_rng_state)  # noqa: E731
+    else:
+        from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
-    reentrant = impl == "torch-reentrant"
-    return lambda fn, *args: torch_checkpoint(fn, *args, use_reentrant=reentrant,
-                                              preserve_rng_state=preserve_rng_state)
+        reentrant = impl == "torch-reentrant"
+        ckpt = lambda fn, *args: torch_checkpoint(fn, *args, use_reentrant=reentrant,  # noqa: E731
+                                                  preserve_rng_state=preserve_rng_state)
+    if not input_requires_grad:
+        return ckpt
+    # Hugging Face's enable_input_require_grads(): an input cut from the graph (a frozen embedding's
+    # output under LoRA) is made to require grad, so reentrant checkpointing still reaches the adapters.
+    return lambda fn, x: ckpt(fn, x if x.requires_grad else x.detach().requires_grad_(True))
 
 
 def attention_block(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -319,11 +325,12 @@ class SegmentedLayers(nn.ModuleList):
     this list yields one callable per segment, which runs the segment's layers inside a checkpoint.
     """
 
-    def __init__(self, layers, every: int, ckpt: Callable, description: str):
+    def __init__(self, layers, every: int, ckpt: Callable, description: str, only: frozenset | None = None):
         super().__init__(layers)
         self.every = every
         self._ckpt = ckpt
         self.description = description
+        self.only = only  # indices of the segments to checkpoint (None: every segment)
 
     def segments(self) -> list[tuple[int, int]]:
         n = len(self)
@@ -331,8 +338,9 @@ class SegmentedLayers(nn.ModuleList):
 
     def __iter__(self):
         layers = list(self._modules.values())
-        for start, stop in self.segments():
-            yield _Segment(layers[start:stop], self._ckpt)
+        for index, (start, stop) in enumerate(self.segments()):
+            checkpointed = self.only is None or index in self.only
+            yield _Segment(layers[start:stop], self._ckpt if checkpointed else None)
 
     def plain(self) -> nn.ModuleList:
         return nn.ModuleList(self._modules.values())
@@ -351,7 +359,7 @@ class _Segment:
         return x
 
     def __call__(self, x):
-        return self.ckpt(self.run, x)
+        return self.run(x) if self.ckpt is None else self.ckpt(self.run, x)
 
 
 def _sub_block_forward(ckpt: Callable, attention: bool, mlp: bool) -> Callable:
@@ -375,12 +383,17 @@ class CheckpointingPlan:
     every: int
     impl: str
     n_layers: int
+    layers: tuple[int, ...] | None = None  # only these layers, each alone (None: every segment)
 
     @property
     def segments(self) -> int:
+        if self.layers is not None:
+            return len(self.layers)
         return math.ceil(self.n_layers / self.every) if self.policy == "block" else 0
 
     def __str__(self) -> str:
+        if self.layers is not None:
+            return f"{self.impl}: checkpoint layers {list(self.layers)} of {self.n_layers}, each alone"
         if self.policy == "block":
             return (f"{self.impl}: checkpoint every {self.every} of {self.n_layers} layers "
                     f"({self.segments} segments)")
@@ -404,6 +417,8 @@ def enable_checkpointing(
     policy: str = "block",
     impl: str = "ours",
     preserve_rng_state: bool = True,
+    layers: Sequence[int] | None = None,
+    input_requires_grad: bool = False,
 ) -> nn.Module:
     """Checkpoint the model's decoder layers, in place; returns the model.
 
@@ -414,27 +429,45 @@ def enable_checkpointing(
            "sub_blocks": both halves, each in its own checkpoint (the seed notes' layer)
     impl: "ours" (this module), "torch" (torch.utils.checkpoint, use_reentrant=False) or
           "torch-reentrant" (use_reentrant=True). Calling it again replaces the previous plan.
+    layers: with policy "block" and every=1, checkpoint only these layer indices (each alone).
+    input_requires_grad: make a checkpointed block's input require grad when it does not (Hugging
+          Face's enable_input_require_grads), the fix for torch's reentrant trap under LoRA.
     """
-    layers = _layers_of(model)
+    model_layers = _layers_of(model)
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    if not isinstance(every, int) or isinstance(every, bool) or not 1 <= every <= len(layers):
-        raise ValueError(f"every must be an int between 1 and the number of layers ({len(layers)}), got {every!r}")
+    if not isinstance(every, int) or isinstance(every, bool) or not 1 <= every <= len(model_layers):
+        raise ValueError(f"every must be an int between 1 and the number of layers ({len(model_layers)}), got {every!r}")
+    only = _check_layer_subset(layers, policy, every, len(model_layers))
     disable_checkpointing(model)
-    layers = model.layers
-    ckpt = _checkpointer(impl, preserve_rng_state)
-    plan = CheckpointingPlan(policy, every if policy == "block" else 1, impl, len(layers))
+    model_layers = model.layers
+    ckpt = _checkpointer(impl, preserve_rng_state, input_requires_grad)
+    plan = CheckpointingPlan(policy, every if policy == "block" else 1, impl, len(model_layers),
+                             None if only is None else tuple(sorted(only)))
     if policy == "block":
-        model.layers = SegmentedLayers(layers, every, ckpt, str(plan))
+        model.layers = SegmentedLayers(model_layers, every, ckpt, str(plan), only)
     else:
         forward = _sub_block_forward(ckpt, attention=policy in ("attention", "sub_blocks"),
                                      mlp=policy in ("mlp", "sub_blocks"))
-        for layer in layers:
+        for layer in model_layers:
             layer.forward = types.MethodType(forward, layer)
     model._checkpointing_plan = plan
     return model
+
+
+def _check_layer_subset(layers, policy: str, every: int, n_layers: int) -> frozenset | None:
+    if layers is None:
+        return None
+    if policy != "block" or every != 1:
+        raise ValueError(f"layers= picks single layers to checkpoint: it needs policy='block' and every=1, "
+                         f"got policy={policy!r}, every={every}")
+    chosen = list(layers)
+    bad = [i for i in chosen if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_layers]
+    if bad:
+        raise ValueError(f"layers must be indices in [0, {n_layers}), got {bad}")
+    return frozenset(chosen)
 
 
 def disable_checkpointing(model: nn.Module) -> nn.Module:

@@ -1,7 +1,7 @@
 """The memory estimator (efftrain_lib/memory.py): validated against the meter, and its arithmetic.
 
 Tolerances, stated:
-  * peak vs MemoryMeter's CPU accounting, every configuration of memory.validation_grid():
+  * peak vs MemoryMeter's CPU accounting, every configuration of memory_validation.validation_grid():
     |error| <= 10% (the issue's bar); the median must be <= 1% (in fact the estimate is byte-exact
     today: it replays the same autograd saving rules the meter observes), and each category at the
     peak within 10% of the measured peak.
@@ -24,12 +24,14 @@ from efftrain_lib.memory import (
     TransformerShape,
     accelerate_estimate,
     bytes_per_parameter,
-    describe_settings,
     estimate_training_memory,
+    shape_of,
+)
+from efftrain_lib.memory_validation import (
+    describe_settings,
     measure_allocator_peak,
     measure_training_memory,
     relative_error,
-    shape_of,
     validation_grid,
 )
 from efftrain_lib.meter import CATEGORIES, MemoryBreakdown
@@ -94,7 +96,7 @@ def test_random_configurations_off_the_grid():
     rng = random.Random(7)
     for _ in range(10):
         heads = rng.choice([1, 2, 4])
-        config = TinyConfig(vocab_size=rng.choice([50, 130]), dim=heads * rng.choice([8, 16]),
+        config = TinyConfig(vocab_size=rng.choice([50, 130]), hidden_size=heads * rng.choice([8, 16]),
                             n_layers=rng.randint(1, 3), n_heads=heads, ffn_dim=rng.choice([20, 100]), max_seq_len=32)
         batch = rng.choice([1, 2, 4])
         settings = dict(batch_size=batch, seq_len=rng.choice([1, 5, 32]),
@@ -110,7 +112,7 @@ def test_random_configurations_off_the_grid():
 
 
 def test_estimate_with_workspace_tracks_the_cpu_allocator():
-    config = TinyConfig(vocab_size=96, dim=64, n_layers=2, n_heads=4, ffn_dim=172, max_seq_len=64)
+    config = TinyConfig(vocab_size=96, hidden_size=64, n_layers=2, n_heads=4, ffn_dim=172, max_seq_len=64)
     for settings in (dict(batch_size=4, seq_len=64), dict(batch_size=4, seq_len=64, precision="bf16_autocast")):
         allocator = measure_allocator_peak(config, **settings)
         est = estimate_training_memory(config, **settings)
@@ -120,7 +122,7 @@ def test_estimate_with_workspace_tracks_the_cpu_allocator():
 # ------------------------------------------------------------------------------ parameter counts --
 @pytest.mark.parametrize("lora", [None, ("q_proj", "v_proj"), "all-linear"])
 def test_parameter_counts_equal_the_model(lora):
-    config = TinyConfig(vocab_size=96, dim=64, n_layers=3, n_heads=4, ffn_dim=172, max_seq_len=64)
+    config = TinyConfig(vocab_size=96, hidden_size=64, n_layers=3, n_heads=4, ffn_dim=172, max_seq_len=64)
     model = TinyTransformer(config)
     kwargs = {}
     if lora is not None:
