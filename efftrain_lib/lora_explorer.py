@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from efftrain_lib.lora_math import parameter_count, scaling  # noqa: F401 (scaling: the sliders' API)
 from efftrain_lib.widgets import WIDE, interactive_figure, render_png, wide  # noqa: F401 (render_png: API)
 
 # Layer shapes a learner can pick: (out_features, in_features).
@@ -23,18 +24,9 @@ LAYER_SHAPES = {
 
 def lora_parameter_count(out_features: int, in_features: int, rank: int) -> dict:
     """Trainable parameters of a rank-r LoRA on one (out x in) weight, and its share of the full matrix."""
-    if min(out_features, in_features) < 1:
-        raise ValueError(f"layer dimensions must be >= 1, got {out_features} x {in_features}")
-    if not 1 <= rank <= min(out_features, in_features):
-        raise ValueError(f"rank must be in [1, min(out, in) = {min(out_features, in_features)}], got {rank}")
-    lora = (out_features + in_features) * rank
+    lora = parameter_count(out_features, in_features, rank)
     full = out_features * in_features
     return {"lora": lora, "full": full, "percent": 100.0 * lora / full}
-
-
-def scaling(alpha: float, rank: int, rslora: bool = False) -> float:
-    """LoRA's alpha / r, or rsLoRA's alpha / sqrt(r)."""
-    return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
 def singular_values(delta: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .losses import language_model_loss  # noqa: F401  (the loss every chapter trains with; defined there)
+
 
 @dataclass(frozen=True)
 class TinyConfig:
     vocab_size: int = 96
-    dim: int = 64
+    hidden_size: int = 64
     n_layers: int = 4
     n_heads: int = 4
     ffn_dim: int = 172
@@ -28,11 +30,11 @@ class TinyConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "ffn_dim", "max_seq_len"):
+        for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "ffn_dim", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TinyConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by n_heads ({self.n_heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -56,12 +58,12 @@ class Attention(nn.Module):
     def __init__(self, config: TinyConfig):
         super().__init__()
         self.n_heads = config.n_heads
-        self.head_dim = config.dim // config.n_heads
+        self.head_dim = config.hidden_size // config.n_heads
         self.dropout = config.dropout
-        self.q_proj = nn.Linear(config.dim, config.dim, bias=False)
-        self.k_proj = nn.Linear(config.dim, config.dim, bias=False)
-        self.v_proj = nn.Linear(config.dim, config.dim, bias=False)
-        self.o_proj = nn.Linear(config.dim, config.dim, bias=False)
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq, dim = x.shape
@@ -81,9 +83,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: TinyConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.dim, config.ffn_dim, bias=False)
-        self.up_proj = nn.Linear(config.dim, config.ffn_dim, bias=False)
-        self.down_proj = nn.Linear(config.ffn_dim, config.dim, bias=False)
+        self.gate_proj = nn.Linear(config.hidden_size, config.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(config.ffn_dim, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -92,9 +94,9 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, config: TinyConfig):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.dim)
+        self.input_layernorm = RMSNorm(config.hidden_size)
         self.self_attn = Attention(config)
-        self.post_attention_layernorm = RMSNorm(config.dim)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size)
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -109,11 +111,11 @@ class TinyTransformer(nn.Module):
     def __init__(self, config: TinyConfig = TinyConfig()):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
-        self.embed_positions = nn.Embedding(config.max_seq_len, config.dim)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_positions = nn.Embedding(config.max_seq_len, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.dim)
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.norm = RMSNorm(config.hidden_size)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -130,11 +132,6 @@ class TinyTransformer(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.lm_head(self.norm(x))
-
-
-def language_model_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Token-mean cross-entropy; targets equal to -100 are ignored. Computed in fp32."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
 PRETRAINED_CHECKPOINT = Path(__file__).parent / "data" / "tiny_pretrained.safetensors"

@@ -118,7 +118,7 @@ def test_save_refuses_mixed_ranks(tmp_path):
 
 def test_load_shape_mismatch_names_key_and_shapes(tmp_path):
     save_adapter(trained_lora(), tmp_path)
-    small = tiny_model(dim=32)
+    small = tiny_model(hidden_size=32)
     with pytest.raises(
         ValueError,
         match=r"'base_model\.model\.layers\.0\.self_attn\.q_proj\.lora_A\.weight' has shape \(4, 64\).*needs \(4, 32\)",

@@ -388,7 +388,7 @@ from efftrain_lib.meter import MIB  # noqa: E402
 
 @pytest.fixture(scope="module")
 def four_layer_sweep():
-    config = explorer.deep_config(n_layers=4, dim=32, seq=16)
+    config = explorer.deep_config(n_layers=4, hidden_size=32, seq=16)
     torch.manual_seed(0)
     model = TinyTransformer(config)
     batch = explorer.token_batch(config, batch_size=4)
@@ -428,7 +428,7 @@ def test_thin_chain_peaks_lowest_at_sqrt_n_segments():
 
 
 def test_interleaved_timing_and_its_errors():
-    config = explorer.deep_config(n_layers=2, dim=32, seq=8)
+    config = explorer.deep_config(n_layers=2, hidden_size=32, seq=8)
     torch.manual_seed(0)
     model = TinyTransformer(config)
     batch = explorer.token_batch(config, batch_size=2)
@@ -486,4 +486,4 @@ def test_cuda_dropout_gradients_equal_the_direct_run_and_torch():
 
 def test_deep_config_scales_the_mlp_like_the_default():
     assert explorer.deep_config(16).ffn_dim == TinyConfig().ffn_dim == 172
-    assert explorer.deep_config(16, dim=128).ffn_dim == 344
+    assert explorer.deep_config(16, hidden_size=128).ffn_dim == 344

@@ -25,7 +25,7 @@ from efftrain_lib.meter import MIB, SOURCE_CPU, MemoryBreakdown, MemoryMeter, me
 from efftrain_lib.models import TinyConfig, TinyTransformer
 from efftrain_lib.training import train
 
-SMALL = TinyConfig(vocab_size=32, dim=32, n_layers=2, n_heads=2, ffn_dim=64, max_seq_len=16)
+SMALL = TinyConfig(vocab_size=32, hidden_size=32, n_layers=2, n_heads=2, ffn_dim=64, max_seq_len=16)
 
 
 def get_batch(step: int):

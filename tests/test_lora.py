@@ -30,13 +30,14 @@ from efftrain_lib.models import TinyConfig, TinyTransformer
 ATOL = 1e-6  # fp32 merge / unmerge / formula checks on weights and activations of order 1
 
 
-def make_layer(rank=4, alpha=8.0, dropout=0.0, *, bias=True, trained=True, seed=0, **kw) -> LoRALinear:
-    """A LoRA layer 16 -> 12; `trained` gives B random values so the update is not zero.
+def make_layer(rank=4, alpha=8.0, dropout=0.0, *, bias=True, trained=True, seed=0, use_dora=False,
+               **kw) -> LoRALinear:
+    """A LoRA (or DoRA) layer 16 -> 12; `trained` gives B random values so the update is not zero.
 
     Sizes keep activations of order 1, so an absolute tolerance of 1e-6 is ~10 fp32 ulps.
     """
     torch.manual_seed(seed)
-    layer = LoRALinear(nn.Linear(16, 12, bias=bias), rank, alpha, dropout, **kw)
+    layer = (DoRALinear if use_dora else LoRALinear)(nn.Linear(16, 12, bias=bias), rank, alpha, dropout, **kw)
     if trained:
         with torch.no_grad():
             layer.lora_B.normal_(0, 0.2)
@@ -81,8 +82,8 @@ def test_init_shapes_and_distribution():
 
 
 def test_rslora_scaling():
-    assert make_layer(rank=16, alpha=8.0, use_rslora=True).scaling == 8.0 / math.sqrt(16)
-    assert make_layer(rank=16, alpha=8.0).scaling == 8.0 / 16
+    assert make_layer(rank=9, alpha=6.0, use_rslora=True).scaling == 6.0 / math.sqrt(9) == 2.0
+    assert make_layer(rank=9, alpha=6.0).scaling == 6.0 / 9
 
 
 def test_zero_B_output_equals_base_exactly():
@@ -164,10 +165,23 @@ def test_merge_matches_unmerged_and_unmerge_restores_w(use_dora):
     torch.testing.assert_close(layer(x), unmerged, atol=ATOL, rtol=0)
 
 
-def test_use_dora_flag_builds_dora_layer():
-    layer = LoRALinear(nn.Linear(16, 12), 4, 8, use_dora=True)
-    assert isinstance(layer, DoRALinear) and layer.use_dora
+def test_dora_is_its_own_class_and_lora_has_no_dora_switch():
+    assert DoRALinear(nn.Linear(16, 12), 4, 8).use_dora and not LoRALinear(nn.Linear(16, 12), 4, 8).use_dora
     assert type(LoRALinear(nn.Linear(16, 12), 4, 8)) is LoRALinear
+    with pytest.raises(TypeError, match="use_dora"):
+        LoRALinear(nn.Linear(16, 12), 4, 8, use_dora=True)  # no silent switch to another class
+    assert isinstance(apply_lora(tiny_model(), ["q_proj"], 2, 4, use_dora=True).layers[0].self_attn.q_proj,
+                      DoRALinear)
+
+
+def test_rank_above_min_in_out_is_refused():
+    with pytest.raises(ValueError, match=r"LoRA rank 13 is larger than layer 12 x 16 allows \(at most min\(out, in\) = 12\)"):
+        LoRALinear(nn.Linear(16, 12), 13, 8)
+    model = tiny_model()
+    before = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(ValueError, match="larger than layer"):
+        apply_lora(model, ["q_proj"], 10_000, 8)
+    assert [p.requires_grad for p in model.parameters()] == before  # refused before anything changed
 
 
 def test_dora_init_and_formula():

@@ -135,7 +135,7 @@ def test_live_plot_under_ipympl_pushes_pictures_while_training(monkeypatch):
     plot = liveplot.LiveMemoryPlot(panels=("peaks",), min_interval_s=0)
     assert plot.mode == "widget" and plot.interactive
     torch.manual_seed(0)
-    model = TinyTransformer(TinyConfig(vocab_size=16, dim=16, n_layers=1, n_heads=2, ffn_dim=32, max_seq_len=8))
+    model = TinyTransformer(TinyConfig(vocab_size=16, hidden_size=16, n_layers=1, n_heads=2, ffn_dim=32, max_seq_len=8))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     meter = MemoryMeter()
 

@@ -22,9 +22,9 @@ import torch
 from IPython.display import Markdown, display
 
 from efftrain_lib.devices import describe, get_device, seed_everything, use_one_cpu_thread
-from efftrain_lib.memory import (GB, PRESETS, TransformerShape, accelerate_estimate, bytes_per_parameter,
-                                 describe_settings, estimate_training_memory, measure_allocator_peak,
-                                 measure_training_memory, measure_training_step, relative_error, validation_grid)
+from efftrain_lib.memory import GB, PRESETS, TransformerShape, accelerate_estimate, bytes_per_parameter, estimate_training_memory
+from efftrain_lib.memory_validation import (describe_settings, measure_allocator_peak, measure_training_memory,
+                                            measure_training_step, relative_error, validation_grid)
 from efftrain_lib.models import TinyConfig
 
 device = get_device()
@@ -111,7 +111,7 @@ for policy, what in rows:
 # measures the next one.
 
 # %%
-config = TinyConfig(vocab_size=96, dim=64, n_layers=4, n_heads=4, ffn_dim=172, max_seq_len=64)
+config = TinyConfig(vocab_size=96, hidden_size=64, n_layers=4, n_heads=4, ffn_dim=172, max_seq_len=64)
 setting = dict(batch_size=4, seq_len=64, precision="bf16_autocast", optimizer="adam")
 measured = measure_training_memory(config, **setting)
 predicted = estimate_training_memory(config, **setting)

@@ -256,7 +256,7 @@ for targets in (["1.self_attn.q_proj"], ["proj"]):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from efftrain_lib.lora import LoRALinear, apply_lora, count_parameters, lora_layers
+from efftrain_lib.lora import DoRALinear, LoRALinear, apply_lora, count_parameters, lora_layers
 
 ours = load_pretrained()
 scratch = load_pretrained()
@@ -348,7 +348,8 @@ for name, seconds in timings.items():
 # %%
 import peft
 from efftrain_lib.adapters import load_adapter, save_adapter
-from efftrain_lib.reference_models import copy_lora_weights, max_abs_diff, paired_lora_parameters, peft_lora_model, tiny_llama
+from efftrain_lib.comparing import max_abs_diff
+from efftrain_lib.reference_models import copy_lora_weights, paired_lora_parameters, peft_lora_model, tiny_llama
 
 TOLERANCE = 1e-5
 targets = ["q_proj", "v_proj"]
@@ -659,7 +660,7 @@ for variant in ("use_rslora", "use_dora"):
 torch.manual_seed(0)
 base_linear = nn.Linear(64, 32)
 scratch_dora = DoRAFromScratch(base_linear, rank=4, alpha=8)
-library_dora = LoRALinear(base_linear, rank=4, alpha=8, use_dora=True)
+library_dora = DoRALinear(base_linear, rank=4, alpha=8)
 with torch.no_grad():
     scratch_dora.lora.lora_B.normal_(std=0.1)
     library_dora.lora_A.copy_(scratch_dora.lora.lora_A)

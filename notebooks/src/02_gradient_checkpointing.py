@@ -27,6 +27,7 @@ from IPython.display import Markdown, display
 from torch.utils.checkpoint import checkpoint_sequential as torch_checkpoint_sequential
 
 from efftrain_lib.devices import describe, get_device, seed_everything, use_one_cpu_thread
+from efftrain_lib.comparing import max_abs_diff
 from efftrain_lib.meter import MIB, MemoryMeter, SavedTensorCounter, measure_step
 from efftrain_lib.models import TinyConfig, TinyTransformer, language_model_loss
 from efftrain_lib.training import train
@@ -35,10 +36,6 @@ device = get_device()
 use_one_cpu_thread(device)  # steady timings on a tiny model: plans are compared with each other
 seed_everything(0)
 print(describe(device))
-
-
-def max_abs_diff(a, b):
-    return max((x.detach() - y.detach()).abs().max().item() for x, y in zip(a, b))
 
 
 def all_equal(a, b):
@@ -74,7 +71,7 @@ print(f"\nactivations kept at the end of forward: {record.sample('forward').acti
 
 # %%
 # NBVAL_CHECK_OUTPUT
-s, b, h, a = config.max_seq_len, 16, config.dim, config.n_heads
+s, b, h, a = config.max_seq_len, 16, config.hidden_size, config.n_heads
 sbh = s * b * h
 layer0 = {name.removeprefix("layers.0."): nbytes for name, nbytes in record.activations_by_module.items()
           if name.startswith("layers.0.")}
@@ -565,10 +562,10 @@ display(Markdown("\n".join(sequential_rows) + "\n\nTime: median of 11 interleave
 
 # %%
 # NBVAL_CHECK_OUTPUT
-deep_sbh = deep.max_seq_len * DEEP_BATCH * deep.dim
+deep_sbh = deep.max_seq_len * DEEP_BATCH * deep.hidden_size
 policy_rows = ["| what is checkpointed | kept per layer (bytes / sbh element, fp32) | fp16 terms | Korthikanti formula (fp16) |",
                "|---|---|---|---|"]
-formula = {"nothing": f"34 + 5as/h = {34 + 5 * deep.n_heads * deep.max_seq_len / deep.dim:.0f}",
+formula = {"nothing": f"34 + 5as/h = {34 + 5 * deep.n_heads * deep.max_seq_len / deep.hidden_size:.0f}",
            "attention half": "34 (attention core only)", "MLP half": "-",
            "both halves, separately (the seed's layer)": "-", "whole layer": "2"}
 per_layer_kept = {}
@@ -642,7 +639,7 @@ plan_explorer(fitted, forward_share, batch_size=DEEP_BATCH)
 
 # %%
 if torch.cuda.is_available():
-    gpu_config = deep_config(n_layers=16, dim=256, seq=256)
+    gpu_config = deep_config(n_layers=16, hidden_size=256, seq=256)
     gpu_rows = []
     for every in (None, 1, 4):
         torch.manual_seed(0)

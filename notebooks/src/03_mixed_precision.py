@@ -29,9 +29,9 @@ from IPython.display import Markdown, display
 from efftrain_lib import data
 from efftrain_lib import number_formats as nf
 from efftrain_lib import precision_explorer as pe
-from efftrain_lib.devices import describe, get_device, seed_everything, use_one_cpu_thread
+from efftrain_lib.devices import describe, get_device, low_precision_dtype, seed_everything, use_one_cpu_thread
 from efftrain_lib.models import language_model_loss, load_pretrained
-from efftrain_lib.precision import LossScaler, autocast_op_dtypes, train_mixed_precision, train_step
+from efftrain_lib.precision import LossScaler, autocast_op_dtypes, train_step
 
 device = get_device()
 seed_everything(0)
@@ -722,6 +722,8 @@ print("  torch:", two_optimizers(torch.amp.GradScaler(device.type, init_scale=10
 # are the fast ones.
 
 # %%
+from efftrain_lib.training import evaluate, train  # noqa: E402
+
 STEPS = 24
 RUNS = {
     "fp32": dict(autocast_dtype=None, scaler=None),
@@ -736,12 +738,10 @@ def finetune(autocast_dtype, scaler, steps=STEPS, desc="train"):
     seed_everything(0)
     model = load_pretrained().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    log = train_mixed_precision(model, train_batch, steps=steps, optimizer=optimizer, autocast_dtype=autocast_dtype,
-                                scaler=scaler, max_grad_norm=1.0, desc=desc)
+    log = train(model, train_batch, steps=steps, optimizer=optimizer, autocast_dtype=autocast_dtype, scaler=scaler,
+                max_grad_norm=1.0, desc=desc)
     return model, log
 
-
-from efftrain_lib.training import evaluate  # noqa: E402
 
 trained = {}
 for label, spec in RUNS.items():
@@ -802,9 +802,7 @@ def measured_step(autocast_dtype, scaler):
     meter = MemoryMeter()
     inputs, targets = (t.to(device) for t in get_batch(0))
     for _ in range(2):  # the second step: Adam's state exists
-        with meter.step(model, optimizer):
-            train_step(model, optimizer, scaler, inputs, targets, language_model_loss, None, autocast_dtype,
-                       mark=meter.mark)
+        train_step(model, optimizer, scaler, inputs, targets, language_model_loss, None, autocast_dtype, meter=meter)
     return meter.last
 
 
@@ -846,19 +844,18 @@ for label, bytes_per_param in (("fp32 Adam (4 + 4 + 8)", 16), ("mixed precision,
 # ## 9. Live memory plot: fp32 vs bf16
 #
 # Memory within a training step, fp32 and bf16 autocast on one axis, while they train (the course's
-# `LiveMemoryPlot`, fed by `training.train(..., use_autocast=True)`, which uses bf16 on CPU):
+# `LiveMemoryPlot`, fed by `training.train(..., autocast_dtype=...)`, bf16 on CPU):
 
 # %%
 from efftrain_lib.liveplot import LiveMemoryPlot  # noqa: E402
-from efftrain_lib.training import train  # noqa: E402
 
 live = LiveMemoryPlot(title="Memory within a training step: fp32 vs bf16 autocast")
-for label, use_autocast in (("fp32", False), ("bf16 autocast", True)):
+for label, autocast_dtype in (("fp32", None), ("bf16 autocast", low_precision_dtype(device))):
     seed_everything(0)
     model = load_pretrained().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     meter = MemoryMeter()
-    train(model, train_batch, steps=6, optimizer=optimizer, use_autocast=use_autocast, meter=meter,
+    train(model, train_batch, steps=6, optimizer=optimizer, autocast_dtype=autocast_dtype, meter=meter,
           on_step=live.attach(meter, label), desc=label)
 live.finish()
 

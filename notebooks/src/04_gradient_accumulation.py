@@ -408,17 +408,17 @@ print("one window of 4 micro-batches:", ", ".join(scaler.log))
 # batch in bf16 is from the big batch in fp32.
 
 # %%
-def run(micro_batch, use_autocast, windows=3):
+def run(micro_batch, autocast_dtype, windows=3):
     trial = copy.deepcopy(model)
     optimizer = torch.optim.SGD(trial.parameters(), lr=0.1, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", growth_interval=1)
     for step in range(windows):
         accumulation_step(trial, optimizer, split_batch(get_batch(100 + step), micro_batch), scaler=scaler,
-                          max_grad_norm=1.0, use_autocast=use_autocast)
+                          max_grad_norm=1.0, autocast_dtype=autocast_dtype)
     return torch.cat([p.detach().flatten() for p in trial.parameters()]), scaler.get_scale()
 
 
-runs = {(b, amp): run(b, amp) for b in (4, 16) for amp in (False, True)}
+runs = {(b, amp): run(b, torch.bfloat16 if amp else None) for b in (4, 16) for amp in (False, True)}
 fp32_diff = (runs[4, False][0] - runs[16, False][0]).abs().max().item()
 bf16_diff = (runs[4, True][0] - runs[16, True][0]).abs().max().item()
 bf16_noise = (runs[16, True][0] - runs[16, False][0]).abs().max().item()
@@ -479,7 +479,7 @@ if device.type == "cuda":
         scaler = torch.amp.GradScaler("cuda")
         for step in range(3):
             window16 = [(x.to(device), y.to(device)) for x, y in split_batch(get_batch(100 + step), micro_batch)]
-            accumulation_step(trial, optimizer, window16, scaler=scaler, max_grad_norm=1.0, use_autocast=True,
+            accumulation_step(trial, optimizer, window16, scaler=scaler, max_grad_norm=1.0,
                               autocast_dtype=torch.float16)
         return torch.cat([p.detach().flatten().float() for p in trial.parameters()])
 
@@ -535,7 +535,7 @@ print("BatchNorm: accumulated == big batch within 1e-6:", norm_diffs["BatchNorm1
 
 # %%
 from efftrain_lib import accumulation_explorer
-from efftrain_lib.accumulation import profile_accumulation
+from efftrain_lib.accumulation_explorer import profile_accumulation
 
 effective = get_batch(200)
 effective = (torch.cat([effective[0], get_batch(201)[0]]), torch.cat([effective[1], get_batch(201)[1]]))  # 32 x 64
