@@ -38,8 +38,12 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Callable, Iterable, Sequence
 
+from efftrain_lib.chapters import CHAPTERS, UnknownChapter
+from efftrain_lib.chapters import resolve as resolve_chapter
+
 __all__ = [
     "CHAPTERS",
+    "chapter_key",
     "DEFAULT_TOLERANCE",
     "PROGRESS_ENV",
     "BankError",
@@ -66,7 +70,6 @@ __all__ = [
     "quiz",
 ]
 
-CHAPTERS = ("memory", "lora", "checkpointing", "precision", "accumulation")
 DEFAULT_TOLERANCE = 0.01  # relative; used when a numeric card gives no tolerance
 PROGRESS_ENV = "EFFTRAIN_DRILL_PROGRESS"
 _PROGRESS_VERSION = 1
@@ -172,8 +175,8 @@ def _card_errors(label: str, raw: dict) -> list[str]:
 
     if "id" in raw and not (isinstance(raw["id"], str) and _SLUG.fullmatch(raw["id"])):
         bad("id", f"must be a slug of lowercase letters, digits and dashes, got {raw['id']!r}")
-    if "chapter" in raw and raw["chapter"] not in CHAPTERS:
-        bad("chapter", f"unknown chapter {raw['chapter']!r} (one of: {', '.join(CHAPTERS)})")
+    if "chapter" in raw and not (isinstance(raw["chapter"], str) and raw["chapter"] in CHAPTERS):
+        bad("chapter", _bank_chapter_problem(raw["chapter"]))
     if "difficulty" in raw:
         d = raw["difficulty"]
         if not (isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 3):
@@ -201,6 +204,15 @@ def _card_errors(label: str, raw: dict) -> list[str]:
     if "source" in raw and not (isinstance(raw["source"], str) and raw["source"].strip()):
         bad("source", "must be a non-empty string such as 'seed'")
     return errs
+
+
+def _bank_chapter_problem(name: object) -> str:
+    """Why `name` is not a chapter key the bank accepts: the bank spells every chapter one way."""
+    try:
+        key = resolve_chapter(name).key
+    except UnknownChapter:
+        return f"unknown chapter {name!r} (one of: {', '.join(CHAPTERS)})"
+    return f"write the chapter's key {key!r}, not its alias {name!r}"
 
 
 def validate_cards(data: dict, origin: str = "<questions>") -> list[Card]:
@@ -248,13 +260,21 @@ def validate_cards(data: dict, origin: str = "<questions>") -> list[Card]:
     return cards
 
 
-def cards_for(cards: Iterable[Card], chapter: str | None = None) -> list[Card]:
-    """The cards of one chapter (all cards for None or "all"), in bank order."""
-    if chapter in (None, "all"):
-        return list(cards)
-    if chapter not in CHAPTERS:
-        raise ValueError(f"unknown chapter {chapter!r}; choose one of: {', '.join(CHAPTERS)} (or 'all')")
-    return [c for c in cards if c.chapter == chapter]
+def chapter_key(chapter: str | int | None) -> str:
+    """"all" for None or "all", else the canonical key of a chapter's key or alias ("memory" -> "memory_math").
+    Raises UnknownChapter (a ValueError) listing the names allowed."""
+    if chapter is None or (isinstance(chapter, str) and chapter.strip().lower() == "all"):
+        return "all"
+    try:
+        return resolve_chapter(chapter).key
+    except UnknownChapter as e:
+        raise UnknownChapter(f"{e}; or 'all'") from None
+
+
+def cards_for(cards: Iterable[Card], chapter: str | int | None = None) -> list[Card]:
+    """The cards of one chapter (any of its names; all cards for None or "all"), in bank order."""
+    key = chapter_key(chapter)
+    return list(cards) if key == "all" else [c for c in cards if c.chapter == key]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -813,6 +833,13 @@ def _list_cards(
         print(f"  {status:<7} {c.difficulty}  {c.id:<{width}}  {q}{num}", file=out)
 
 
+def _chapter_arg(text: str) -> str:
+    try:
+        return chapter_key(text)
+    except UnknownChapter as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv: Sequence[str] | None = None, *, inp=None, out: IO[str] | None = None) -> int:
     """`python -m efftrain_lib.drill`: see --help. Returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -821,7 +848,9 @@ def main(argv: Sequence[str] | None = None, *, inp=None, out: IO[str] | None = N
         epilog=NUMBER_FORMS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--chapter", choices=CHAPTERS + ("all",), default="all", help="drill one chapter")
+    parser.add_argument("--chapter", type=_chapter_arg, default="all", metavar="CHAPTER",
+                        help=f"drill one chapter: {', '.join(CHAPTERS)}, or an alias (memory, 03, "
+                             "mixed_precision, ...); default: all")
     parser.add_argument("--limit", type=int, metavar="N", help="ask at most N cards")
     parser.add_argument(
         "--progress",
@@ -1081,11 +1110,13 @@ def quiz(
     seed: int | None = None,
     bank: str | os.PathLike | None = None,
 ) -> Quiz:
-    """A quiz over `chapter`'s cards ("all" for every chapter), missed cards first.
+    """A quiz over `chapter`'s cards (its key or any alias: "memory", "00"; "all" for every chapter),
+    missed cards first.
 
     progress: a file path, a ProgressStore (ProgressStore.in_memory() keeps nothing), or None for
     $EFFTRAIN_DRILL_PROGRESS / ~/.efftrain/drill_progress.json, the same file the terminal drill uses.
     """
+    chapter = chapter_key(chapter)
     store = progress if isinstance(progress, ProgressStore) else ProgressStore(progress)
     cards = cards_for(load_bank(bank), chapter)
     return Quiz(DrillSession(cards, store, limit=limit, seed=seed), chapter=chapter)

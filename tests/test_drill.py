@@ -107,9 +107,9 @@ LORA_TOPICS = [
     "lora-gpt3-headlines",
 ]
 SEED_OTHER_IDS = {
-    "memory": ["mem-7b-fp32-adam", "mem-mixed-precision-halves", "mem-which-technique"],
+    "memory_math": ["mem-7b-fp32-adam", "mem-mixed-precision-halves", "mem-which-technique"],
     "checkpointing": ["ckpt-what-and-cost", "ckpt-sqrt-n", "ckpt-when", "ckpt-manual-implementation"],
-    "precision": ["prec-why-loss-scaling", "prec-bf16-vs-fp16", "prec-fp32-ops", "prec-dynamic-scaler"],
+    "loss_scaling": ["prec-why-loss-scaling", "prec-bf16-vs-fp16", "prec-fp32-ops", "prec-dynamic-scaler"],
     "accumulation": ["acc-effective-batch", "acc-loss-division", "acc-equivalence", "acc-cost"],
 }
 
