@@ -1,0 +1,154 @@
+"""What the learner missed and what comes next: per-card statistics kept in a small JSON file.
+
+ProgressStore counts attempts, corrects and misses per card id; order_cards() puts missed cards first.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from efftrain_lib.drill.bank import Card
+
+PROGRESS_ENV = "EFFTRAIN_DRILL_PROGRESS"
+_PROGRESS_VERSION = 1
+
+
+class ProgressError(ValueError):
+    """The progress file exists but cannot be used."""
+
+
+@dataclass
+class CardStats:
+    """What the store remembers about one card. last_seen is a counter (deterministic, unlike clocks)."""
+
+    attempts: int = 0
+    corrects: int = 0
+    misses: int = 0
+    last_result: str | None = None  # "correct" | "missed"
+    last_seen: int = 0  # value of the store's clock when last answered; larger = more recent
+    last_seen_at: str | None = None  # UTC timestamp, for humans only; ordering never uses it
+
+
+def default_progress_path() -> Path:
+    """$EFFTRAIN_DRILL_PROGRESS if set, else ~/.efftrain/drill_progress.json."""
+    env = os.environ.get(PROGRESS_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".efftrain" / "drill_progress.json"
+
+
+class ProgressStore:
+    """Per-card attempts / corrects / misses / last result, kept in a JSON file.
+
+    Every record() is saved at once (atomically: write a temp file, then rename), so quitting,
+    a closed terminal or a dead kernel never loses more than the card being answered.
+    ProgressStore.in_memory() keeps nothing on disk (deterministic notebooks, tests).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, persist: bool = True):
+        self.path = Path(path).expanduser() if path is not None else default_progress_path()
+        self.persist = persist
+        self.clock = 0
+        self._cards: dict[str, CardStats] = {}
+        if persist and self.path.exists():
+            self._load()
+
+    @classmethod
+    def in_memory(cls) -> ProgressStore:
+        return cls(Path(os.devnull), persist=False)
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            self.clock = int(data.get("clock", 0))
+            self._cards = {cid: CardStats(**st) for cid, st in data.get("cards", {}).items()}
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ProgressError(
+                f"progress file {self.path} is unreadable ({e}); fix or delete it, "
+                f"or run `python -m efftrain_lib.drill --reset --progress {self.path}`"
+            ) from None
+
+    def save(self) -> None:
+        if not self.persist:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "version": _PROGRESS_VERSION,
+            "clock": self.clock,
+            "cards": {cid: vars(st) for cid, st in sorted(self._cards.items())},
+        }
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".drill_progress.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, ensure_ascii=False)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def stats(self, card_id: str) -> CardStats | None:
+        return self._cards.get(card_id)
+
+    def record(self, card_id: str, correct: bool) -> CardStats:
+        """Count one answer to `card_id` and save."""
+        st = self._cards.setdefault(card_id, CardStats())
+        self.clock += 1
+        st.attempts += 1
+        st.corrects += bool(correct)
+        st.misses += not correct
+        st.last_result = "correct" if correct else "missed"
+        st.last_seen = self.clock
+        st.last_seen_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.save()
+        return st
+
+    def reset(self, card_ids: Iterable[str] | None = None) -> int:
+        """Forget the given cards (all cards for None); returns how many had progress. Saves."""
+        if card_ids is None:
+            n = len(self._cards)
+            self._cards.clear()
+            self.clock = 0
+        else:
+            ids = set(card_ids)
+            n = sum(1 for cid in ids if cid in self._cards)
+            self._cards = {cid: st for cid, st in self._cards.items() if cid not in ids}
+        self.save()
+        return n
+
+
+def card_status(stats: CardStats | None) -> str:
+    """'new', 'missed' (last answer was wrong) or 'correct' (last answer was right)."""
+    if stats is None or stats.attempts == 0:
+        return "new"
+    return "missed" if stats.last_result == "missed" else "correct"
+
+
+def order_cards(cards: Sequence[Card], store: ProgressStore, seed: int | None = None) -> list[Card]:
+    """The order to ask `cards` in, so that missed cards come back first:
+
+    1. cards whose last answer was a miss: most misses first, then least recently seen;
+    2. cards never answered;
+    3. cards last answered correctly: fewest corrects first, then least recently seen.
+    Remaining ties keep bank order (seed=None) or follow a shuffle by random.Random(seed):
+    the same seed and progress always give the same order.
+    """
+    tie = list(range(len(cards)))
+    if seed is not None:
+        random.Random(seed).shuffle(tie)
+
+    def key(i: int) -> tuple:
+        st = store.stats(cards[i].id)
+        status = card_status(st)
+        if status == "missed":
+            return (0, -st.misses, st.last_seen, tie[i])
+        if status == "new":
+            return (1, 0, 0, tie[i])
+        return (2, st.corrects, st.last_seen, tie[i])
+
+    return [cards[i] for i in sorted(range(len(cards)), key=key)]
+
