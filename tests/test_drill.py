@@ -424,6 +424,38 @@ def test_corrupt_progress_file_says_what_to_do(tmp_path):
         ProgressStore(path)
 
 
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("[]", "expected a JSON object"),
+        ('{"clock": "3", "cards": {}}', "'clock' must be a whole number"),
+        ('{"cards": ["a"]}', "'cards' must be an object"),
+        ('{"cards": {"a": [1, 2]}}', "card 'a': expected an object"),
+        ('{"cards": {"a": {"attempts": "3"}}}', "card 'a': field 'attempts' must be a whole number >= 0, got '3'"),
+        ('{"cards": {"a": {"misses": true}}}', "field 'misses' must be a whole number"),
+        ('{"cards": {"a": {"corrects": -1}}}', "field 'corrects' must be a whole number"),
+        ('{"cards": {"a": {"last_result": "maybe"}}}', "field 'last_result' must be 'correct', 'missed'"),
+        ('{"cards": {"a": {"last_seen_at": 5}}}', "field 'last_seen_at' must be a timestamp"),
+        ('{"cards": {"a": {"streak": 2}}}', "unknown field 'streak'"),
+    ],
+)
+def test_wrong_field_types_get_the_corrupt_file_message(tmp_path, text, problem, capsys):
+    path = tmp_path / "p.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ProgressError) as info:
+        ProgressStore(path)
+    message = str(info.value)
+    assert message.startswith(f"progress file {path} is unreadable (") and problem in message
+    assert f"--reset --progress {path}" in message  # what to do, as for corrupt JSON
+    assert drill.main(["--list", "--progress", str(path)]) == 1  # the CLI says so, no traceback
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_a_directory_as_progress_file_is_reported(tmp_path):
+    with pytest.raises(ProgressError, match="is unreadable"):
+        ProgressStore(tmp_path)
+
+
 def test_in_memory_store_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = ProgressStore.in_memory()

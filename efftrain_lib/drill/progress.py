@@ -36,6 +36,45 @@ class CardStats:
     last_seen_at: str | None = None  # UTC timestamp, for humans only; ordering never uses it
 
 
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# What each CardStats field may hold in the file (a hand edit, a half-merged file, another program).
+_FIELD_CHECKS = {
+    "attempts": (_count, "a whole number >= 0"),
+    "corrects": (_count, "a whole number >= 0"),
+    "misses": (_count, "a whole number >= 0"),
+    "last_result": (lambda v: v in (None, "correct", "missed"), "'correct', 'missed' or null"),
+    "last_seen": (_count, "a whole number >= 0"),
+    "last_seen_at": (lambda v: v is None or isinstance(v, str), "a timestamp string or null"),
+}
+
+
+def _parse_progress(text: str) -> tuple[int, dict[str, CardStats]]:
+    """The clock and per-card stats in a progress file's text; ValueError saying what is wrong."""
+    data = json.loads(text)  # json.JSONDecodeError is a ValueError
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object at the top, got {type(data).__name__}")
+    clock, cards = data.get("clock", 0), data.get("cards", {})
+    if not _count(clock):
+        raise ValueError(f"'clock' must be a whole number >= 0, got {clock!r}")
+    if not isinstance(cards, dict):
+        raise ValueError(f"'cards' must be an object of card id -> stats, got {type(cards).__name__}")
+    parsed = {}
+    for cid, st in cards.items():
+        if not isinstance(st, dict):
+            raise ValueError(f"card {cid!r}: expected an object of stats, got {type(st).__name__}")
+        for name, value in st.items():
+            if name not in _FIELD_CHECKS:
+                raise ValueError(f"card {cid!r}: unknown field {name!r} (allowed: {', '.join(_FIELD_CHECKS)})")
+            ok, expected = _FIELD_CHECKS[name]
+            if not ok(value):
+                raise ValueError(f"card {cid!r}: field {name!r} must be {expected}, got {value!r}")
+        parsed[cid] = CardStats(**st)
+    return clock, parsed
+
+
 def default_progress_path() -> Path:
     """$EFFTRAIN_DRILL_PROGRESS if set, else ~/.efftrain/drill_progress.json."""
     env = os.environ.get(PROGRESS_ENV)
@@ -64,10 +103,8 @@ class ProgressStore:
 
     def _load(self) -> None:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            self.clock = int(data.get("clock", 0))
-            self._cards = {cid: CardStats(**st) for cid, st in data.get("cards", {}).items()}
-        except (ValueError, TypeError, AttributeError) as e:
+            self.clock, self._cards = _parse_progress(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # unreadable, not JSON, or JSON of the wrong shape
             raise ProgressError(
                 f"progress file {self.path} is unreadable ({e}); fix or delete it, "
                 f"or run `python -m efftrain_lib.drill --reset --progress {self.path}`"
