@@ -456,6 +456,91 @@ def test_a_directory_as_progress_file_is_reported(tmp_path):
         ProgressStore(tmp_path)
 
 
+# ------------------------------------------------------------------------------------------------
+# Two sessions on one progress file (a notebook quiz and a terminal drill open at once)
+# ------------------------------------------------------------------------------------------------
+
+
+def _saved(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def test_two_stores_interleaving_keep_every_answer(tmp_path):
+    path = tmp_path / "p.json"
+    a, b = ProgressStore(path), ProgressStore(path)  # both opened before either answered
+    a.record("only-a", True)
+    b.record("only-b", False)
+    a.record("shared", True)
+    b.record("shared", False)
+    a.record("only-a", False)
+    saved = _saved(path)
+    assert saved["clock"] == 5
+    assert {cid: (st["attempts"], st["corrects"], st["misses"]) for cid, st in saved["cards"].items()} == {
+        "only-a": (2, 1, 1), "only-b": (1, 0, 1), "shared": (2, 1, 1),
+    }  # fmt: skip
+    assert saved["cards"]["shared"]["last_result"] == "missed"  # b answered it last
+    # Each store holds the merged state after its save: a sees b's answers.
+    assert a.stats("only-b").misses == 1 and a.stats("shared").attempts == 2
+    # A reset of some cards merges too: it forgets those, not the other store's later answers.
+    b.record("only-b", True)
+    a.reset(["only-a"])
+    assert set(_saved(path)["cards"]) == {"only-b", "shared"} and _saved(path)["cards"]["only-b"]["attempts"] == 2
+
+
+def test_a_quiz_and_a_terminal_drill_at_once_lose_nothing(tmp_path):
+    path = tmp_path / "p.json"
+    bank = _write_bank(tmp_path, [{**GOOD, "id": cid} for cid in ("c1", "c2", "c3", "c4")])
+    q = quiz("lora", bank=bank, progress=path)
+    terminal = DrillSession(load_bank(bank), ProgressStore(path))
+    q.reveal()
+    q.grade_and_next(True)  # c1 in the notebook
+    terminal.next()
+    terminal.grade(False)  # c2 in the terminal
+    q.reveal()
+    q.grade_and_next(False)  # c2 in the notebook too
+    terminal.next()
+    terminal.grade(True)  # c3 in the terminal
+    cards = _saved(path)["cards"]
+    assert {cid: st["attempts"] for cid, st in cards.items()} == {"c1": 1, "c2": 2, "c3": 1}
+
+
+def test_without_fcntl_the_merge_still_keeps_every_answer(tmp_path, monkeypatch):
+    from efftrain_lib.drill import progress
+
+    monkeypatch.setattr(progress, "fcntl", None)
+    monkeypatch.setattr(progress, "msvcrt", None)
+    path = tmp_path / "p.json"
+    a, b = ProgressStore(path), ProgressStore(path)
+    a.record("x", True)
+    b.record("y", True)
+    assert set(_saved(path)["cards"]) == {"x", "y"}
+
+
+_HAMMER = """
+import sys
+from efftrain_lib.drill import ProgressStore
+path, me, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(n):
+    store = ProgressStore(path) if i % 5 == 0 else store  # some answers from a stale store, some fresh
+    store.record("shared", i % 2 == 0)
+    store.record(me, True)
+"""
+
+
+def test_processes_saving_at_once_lose_no_answer(tmp_path):
+    # Real concurrency: the lock serialises re-read, merge and replace across processes.
+    path, n, workers = tmp_path / "p.json", 40, 3
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", _HAMMER, str(path), f"w{k}", str(n)], env=env)
+             for k in range(workers)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * workers
+    cards = _saved(path)["cards"]
+    assert cards["shared"]["attempts"] == workers * n
+    assert cards["shared"]["corrects"] == cards["shared"]["misses"] == workers * n // 2
+    assert all(cards[f"w{k}"]["attempts"] == n for k in range(workers))
+    assert _saved(path)["clock"] == 2 * workers * n
+
+
 def test_in_memory_store_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = ProgressStore.in_memory()

@@ -1,10 +1,14 @@
 """What the learner missed and what comes next: per-card statistics kept in a small JSON file.
 
 ProgressStore counts attempts, corrects and misses per card id; order_cards() puts missed cards first.
+Several stores may share one file (a notebook quiz and a terminal drill open at once): each save
+re-reads the file under an OS lock and applies only this store's own changes to it, so no session
+overwrites another's answers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -12,9 +16,18 @@ import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from efftrain_lib.drill.bank import Card
+
+try:
+    import fcntl  # POSIX
+except ImportError:
+    fcntl = None
+try:
+    import msvcrt  # Windows
+except ImportError:
+    msvcrt = None
 
 PROGRESS_ENV = "EFFTRAIN_DRILL_PROGRESS"
 _PROGRESS_VERSION = 1
@@ -75,6 +88,42 @@ def _parse_progress(text: str) -> tuple[int, dict[str, CardStats]]:
     return clock, parsed
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on `path` (created if missing, never deleted) for the block.
+
+    fcntl.flock on POSIX (released when the descriptor closes, so a killed process frees it);
+    msvcrt.locking on Windows (it retries for about 10 s, then raises OSError). Where neither exists
+    there is no lock: the merge on save still narrows a lost update to the milliseconds between
+    re-reading and replacing the file.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        elif msvcrt is not None:
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+        yield
+    finally:
+        if fcntl is None and msvcrt is not None:
+            with contextlib.suppress(OSError):
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        os.close(fd)
+
+
+def _write_atomically(path: Path, data: dict) -> None:
+    """Write JSON to a temp file beside `path`, then rename it over `path`: a reader sees the old file
+    or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".drill_progress.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def default_progress_path() -> Path:
     """$EFFTRAIN_DRILL_PROGRESS if set, else ~/.efftrain/drill_progress.json."""
     env = os.environ.get(PROGRESS_ENV)
@@ -85,7 +134,9 @@ class ProgressStore:
     """Per-card attempts / corrects / misses / last result, kept in a JSON file.
 
     Every record() is saved at once (atomically: write a temp file, then rename), so quitting,
-    a closed terminal or a dead kernel never loses more than the card being answered.
+    a closed terminal or a dead kernel never loses more than the card being answered. A save merges:
+    under a lock on a sibling file (.<name>.lock) it re-reads the file and replays this store's own
+    changes (answers, resets) onto it, so stores sharing a file keep each other's answers.
     ProgressStore.in_memory() keeps nothing on disk (deterministic notebooks, tests).
     """
 
@@ -94,8 +145,14 @@ class ProgressStore:
         self.persist = persist
         self.clock = 0
         self._cards: dict[str, CardStats] = {}
+        # This store's changes not yet saved, each a function that applies it to a store's state.
+        self._pending: list[Callable[[ProgressStore], object]] = []
         if persist and self.path.exists():
             self._load()
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.lock")
 
     @classmethod
     def in_memory(cls) -> ProgressStore:
@@ -111,51 +168,62 @@ class ProgressStore:
             ) from None
 
     def save(self) -> None:
+        """Merge this store's unsaved changes into the file, under the lock; then hold the merged state."""
         if not self.persist:
+            self._pending.clear()
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {
-            "version": _PROGRESS_VERSION,
-            "clock": self.clock,
-            "cards": {cid: vars(st) for cid, st in sorted(self._cards.items())},
-        }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".drill_progress.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, ensure_ascii=False)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with _file_lock(self.lock_path):
+            merged = ProgressStore(self.path)  # what is on disk now, other stores' answers included
+            for change in self._pending:
+                change(merged)
+            _write_atomically(self.path, {
+                "version": _PROGRESS_VERSION,
+                "clock": merged.clock,
+                "cards": {cid: vars(st) for cid, st in sorted(merged._cards.items())},
+            })  # fmt: skip
+        self.clock, self._cards = merged.clock, merged._cards
+        self._pending.clear()
+
+    def _change(self, change: Callable[[ProgressStore], object]) -> object:
+        """Apply a change here at once (stats() sees it even if saving fails), then save it."""
+        result = change(self)
+        self._pending.append(change)
+        self.save()
+        return result
 
     def stats(self, card_id: str) -> CardStats | None:
         return self._cards.get(card_id)
 
     def record(self, card_id: str, correct: bool) -> CardStats:
         """Count one answer to `card_id` and save."""
-        st = self._cards.setdefault(card_id, CardStats())
-        self.clock += 1
-        st.attempts += 1
-        st.corrects += bool(correct)
-        st.misses += not correct
-        st.last_result = "correct" if correct else "missed"
-        st.last_seen = self.clock
-        st.last_seen_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        self.save()
-        return st
+        at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+        def answer(store: ProgressStore) -> None:
+            st = store._cards.setdefault(card_id, CardStats())
+            store.clock += 1
+            st.attempts += 1
+            st.corrects += bool(correct)
+            st.misses += not correct
+            st.last_result = "correct" if correct else "missed"
+            st.last_seen = store.clock
+            st.last_seen_at = at
+
+        self._change(answer)
+        return self._cards[card_id]
 
     def reset(self, card_ids: Iterable[str] | None = None) -> int:
         """Forget the given cards (all cards for None); returns how many had progress. Saves."""
-        if card_ids is None:
-            n = len(self._cards)
-            self._cards.clear()
-            self.clock = 0
-        else:
-            ids = set(card_ids)
-            n = sum(1 for cid in ids if cid in self._cards)
-            self._cards = {cid: st for cid, st in self._cards.items() if cid not in ids}
-        self.save()
-        return n
+        ids = None if card_ids is None else set(card_ids)
+
+        def forget(store: ProgressStore) -> int:
+            n = sum(1 for cid in store._cards if ids is None or cid in ids)
+            store._cards = {cid: st for cid, st in store._cards.items() if ids is not None and cid not in ids}
+            if ids is None:
+                store.clock = 0
+            return n
+
+        return self._change(forget)
 
 
 def card_status(stats: CardStats | None) -> str:
