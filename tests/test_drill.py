@@ -541,6 +541,62 @@ def test_processes_saving_at_once_lose_no_answer(tmp_path):
     assert _saved(path)["clock"] == 2 * workers * n
 
 
+# ------------------------------------------------------------------------------------------------
+# A progress file that cannot be written is reported before the first question
+# ------------------------------------------------------------------------------------------------
+
+
+def _unwritable(tmp_path) -> Path:
+    """A progress path under a regular file: no one can create it, root included."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("", encoding="utf-8")
+    return blocker / "p.json"
+
+
+def test_cli_reports_an_unwritable_progress_file_before_the_first_question(tmp_path, capsys):
+    path = _unwritable(tmp_path)
+    out = io.StringIO()
+    assert drill.main(["--chapter", "lora", "--progress", str(path)], inp=io.StringIO("\ny\n"), out=out) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: progress file {path} cannot be written (") and "--progress FILE" in err
+    assert "Q:" not in out.getvalue()  # no question asked, so no answer lost
+    assert drill.main(["--reset", "--chapter", "lora", "--progress", str(path)], out=out) == 1
+    assert drill.main(["--list", "--chapter", "lora", "--progress", str(path)], out=io.StringIO()) == 0
+    with pytest.raises(ProgressError, match="cannot be written"):
+        run_drill(_cards("a"), ProgressStore(path), inp=io.StringIO("\ny\n"), out=out)
+
+
+def test_quiz_shows_an_unwritable_progress_file_and_still_runs(tmp_path):
+    path = _unwritable(tmp_path)
+    q = quiz("lora", bank=_write_bank(tmp_path, [GOOD]), progress=path)
+    assert q.warning.startswith(f"Progress will not be saved: progress file {path} cannot be written")
+    assert f"Warning: {q.warning}" in repr(q)  # the text view (nbval, a terminal IPython) says so
+    q.widget
+    assert "cannot be written" in q.warning_label.value
+    q.reveal()
+    q.grade_and_next(True)
+    assert q.session.results == [("x-card", True)] and not path.exists()
+
+
+def test_quiz_that_loses_its_file_mid_session_says_so(tmp_path):
+    home = tmp_path / "home"
+    bank = _write_bank(tmp_path, [GOOD, {**GOOD, "id": "y-card"}])
+    q = quiz("lora", bank=bank, progress=home / "p.json")
+    assert q.warning == ""
+    q.widget
+    q.reveal()
+    q.grade_and_next(True)
+    assert ProgressStore(home / "p.json").stats("x-card").corrects == 1
+    for f in home.iterdir():
+        f.unlink()
+    home.rmdir()
+    home.write_text("", encoding="utf-8")  # the directory is gone: the next save cannot happen
+    q.reveal()
+    q.grade_and_next(False)  # a button callback: must not raise
+    assert q.session.results == [("x-card", True), ("y-card", False)]
+    assert q.warning.startswith("Progress is no longer saved: progress file") and q.warning_label.value
+
+
 def test_in_memory_store_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = ProgressStore.in_memory()

@@ -167,21 +167,44 @@ class ProgressStore:
                 f"or run `python -m efftrain_lib.drill --reset --progress {self.path}`"
             ) from None
 
+    def check_writable(self) -> None:
+        """Raise ProgressError now if answers could not be saved: call it before the first question,
+        so that a bad path is reported before an answer is lost, not after."""
+        if not self.persist:
+            return
+        try:
+            if self.path.is_dir():
+                raise IsADirectoryError(f"{self.path} is a directory")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with _file_lock(self.lock_path):  # what save() needs: the lock and a temp file beside the file
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".drill_progress.", suffix=".tmp")
+                os.close(fd)
+                os.unlink(tmp)
+        except OSError as e:
+            raise ProgressError(self._cannot_write(e)) from None
+
+    def _cannot_write(self, e: OSError) -> str:
+        return (f"progress file {self.path} cannot be written ({e}); choose a writable file with "
+                f"--progress FILE or ${PROGRESS_ENV} (in a notebook: quiz(..., progress=FILE))")
+
     def save(self) -> None:
         """Merge this store's unsaved changes into the file, under the lock; then hold the merged state."""
         if not self.persist:
             self._pending.clear()
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.lock_path):
-            merged = ProgressStore(self.path)  # what is on disk now, other stores' answers included
-            for change in self._pending:
-                change(merged)
-            _write_atomically(self.path, {
-                "version": _PROGRESS_VERSION,
-                "clock": merged.clock,
-                "cards": {cid: vars(st) for cid, st in sorted(merged._cards.items())},
-            })  # fmt: skip
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with _file_lock(self.lock_path):
+                merged = ProgressStore(self.path)  # what is on disk now, other stores' answers included
+                for change in self._pending:
+                    change(merged)
+                _write_atomically(self.path, {
+                    "version": _PROGRESS_VERSION,
+                    "clock": merged.clock,
+                    "cards": {cid: vars(st) for cid, st in sorted(merged._cards.items())},
+                })  # fmt: skip
+        except OSError as e:  # the changes stay pending (and in memory): a later save may still write them
+            raise ProgressError(self._cannot_write(e)) from None
         self.clock, self._cards = merged.clock, merged._cards
         self._pending.clear()
 

@@ -61,7 +61,9 @@ def run_drill(
     title: str = "",
 ) -> DrillSession:
     """The terminal drill. `inp` is a stream or a no-argument function (default: input());
-    end of input or `q` stops cleanly. Progress is saved after every card. Returns the session."""
+    end of input or `q` stops cleanly. Progress is saved after every card. Returns the session.
+    Raises ProgressError before the first question if the progress file cannot be written."""
+    store.check_writable()
     out = out if out is not None else sys.stdout
     read, echo = _reader(inp)
     session = DrillSession(cards, store, limit=limit, seed=seed)
@@ -201,18 +203,18 @@ def main(argv: Sequence[str] | None = None, *, inp=None, out: IO[str] | None = N
             print(f"Reset all progress ({path} {'deleted' if existed else 'did not exist'}).", file=out)
             return 0
         store = ProgressStore(path)
+        if args.list:  # listing writes nothing
+            _list_cards(cards, store, args.seed, out, args.limit)
+            return 0
+        store.check_writable()  # before the first question (or the reset), not after an answer is lost
+        if args.reset:
+            n = store.reset(c.id for c in cards)
+            print(f"Reset progress of {n} card(s) in chapter {args.chapter!r} ({path}).", file=out)
+            return 0
+        run_drill(cards, store, inp=inp, out=out, limit=args.limit, seed=args.seed, title=args.chapter)
     except (BankError, ProgressError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-
-    if args.reset:
-        n = store.reset(c.id for c in cards)
-        print(f"Reset progress of {n} card(s) in chapter {args.chapter!r} ({path}).", file=out)
-        return 0
-    if args.list:
-        _list_cards(cards, store, args.seed, out, args.limit)
-        return 0
-    run_drill(cards, store, inp=inp, out=out, limit=args.limit, seed=args.seed, title=args.chapter)
     return 0
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import html
 import os
+from typing import Callable
 
 from efftrain_lib.drill.answers import NumericCheck
 from efftrain_lib.drill.bank import Card, cards_for, chapter_key, load_bank
-from efftrain_lib.drill.progress import ProgressStore
+from efftrain_lib.drill.progress import ProgressError, ProgressStore
 from efftrain_lib.drill.session import DrillSession, answer_block
 
 
@@ -29,9 +30,10 @@ class Quiz:
     (got_it / missed_it grade without moving on).
     """
 
-    def __init__(self, session: DrillSession, chapter: str = "all"):
+    def __init__(self, session: DrillSession, chapter: str = "all", warning: str = ""):
         self.session = session
         self.chapter = chapter
+        self.warning = warning  # shown above the card: e.g. progress cannot be saved
         self._box = None
         self._note = ""  # what the last self-grade recorded, shown on the card that follows it
 
@@ -48,10 +50,19 @@ class Quiz:
             return None
         if text is None:
             text = self.answer_box.value if self._box is not None else ""
-        result = self.session.check(text)
+        self._recording(lambda: self.session.check(text))
         self._note = ""
         self._refresh()
-        return result
+        return self.session.last_check
+
+    def _recording(self, grade: Callable[[], object]) -> None:
+        """Grade a card; if its answer cannot be saved, go on without saving and say so on the quiz
+        (a callback's exception would only reach the log: the learner would see nothing)."""
+        try:
+            grade()
+        except ProgressError as e:
+            self.session.store.persist = False  # the session keeps its answers; the file is left alone
+            self.warning = f"Progress is no longer saved: {e}"
 
     def got_it(self) -> None:
         self._self_grade(True)
@@ -61,7 +72,7 @@ class Quiz:
 
     def _self_grade(self, correct: bool) -> None:
         if not self.session.done and not self.session.graded:
-            self.session.grade(correct)
+            self._recording(lambda: self.session.grade(correct))
         self._refresh()
 
     def next(self) -> Card | None:
@@ -84,7 +95,7 @@ class Quiz:
             self._refresh()
             return
         card = s.current
-        s.grade(correct)
+        self._recording(lambda: s.grade(correct))
         self.next()
         self._note = (
             f"Recorded {card.id}: got it." if correct
@@ -101,6 +112,8 @@ class Quiz:
     def text_summary(self) -> str:
         s = self.session
         lines = [f"Interview drill: {self.chapter}, {s.counts()}"]
+        if self.warning:
+            lines.append(f"Warning: {self.warning}")
         if s.done:
             lines.append(f"All cards done. {s.summary()}")
         else:
@@ -150,6 +163,7 @@ class Quiz:
         import ipywidgets as w
 
         self.header_label = w.HTML()
+        self.warning_label = w.HTML()
         self.question_label = w.HTML()
         self.answer_html = w.HTML()
         self.feedback = w.HTML()
@@ -172,6 +186,7 @@ class Quiz:
         self._box = w.VBox(
             [
                 self.header_label,
+                self.warning_label,  # under the header (the browser check reads the first HTML as the header)
                 self.question_label,
                 self.numeric_row,
                 w.HBox([self.reveal_button, self.got_button, self.missed_button, self.next_button]),
@@ -189,6 +204,9 @@ class Quiz:
         s = self.session
         card = s.current
         self.score_label.value = self.score_text()
+        self.warning_label.value = (
+            f'<b style="color: #cf222e">Warning: {html.escape(self.warning)}</b>' if self.warning else ""
+        )
         if card is None:
             self.header_label.value = f"<b>Interview drill: {html.escape(self.chapter)}</b>"
             self.question_label.value = _html_text(f"All cards done. {s.summary()}")
@@ -231,9 +249,17 @@ def quiz(
 
     progress: a file path, a ProgressStore (ProgressStore.in_memory() keeps nothing), or None for
     $EFFTRAIN_DRILL_PROGRESS / ~/.efftrain/drill_progress.json, the same file the terminal drill uses.
+    A file that cannot be written is reported above the first card (quiz.warning); the answers are
+    then kept for this session only.
     """
     chapter = chapter_key(chapter)
     store = progress if isinstance(progress, ProgressStore) else ProgressStore(progress)
+    warning = ""
+    try:
+        store.check_writable()  # say so now, on the quiz, rather than lose the first answer
+    except ProgressError as e:
+        store.persist = False  # the quiz still runs, ordered by what could be read; nothing is written
+        warning = f"Progress will not be saved: {e}"
     cards = cards_for(load_bank(bank), chapter)
-    return Quiz(DrillSession(cards, store, limit=limit, seed=seed), chapter=chapter)
+    return Quiz(DrillSession(cards, store, limit=limit, seed=seed), chapter=chapter, warning=warning)
 
