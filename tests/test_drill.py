@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import random
 import re
 import struct
 import subprocess
@@ -22,6 +23,7 @@ from efftrain_lib.drill import (
     DrillSession,
     ProgressError,
     ProgressStore,
+    UnreadableAnswer,
     check_numeric,
     load_bank,
     order_cards,
@@ -317,8 +319,54 @@ def test_parse_number_forms(text, unit, expected):
     [("", None), ("abc", None), ("five", "params"), ("12 GB", "params"), ("3 apples", None), ("0.39%", None)],
 )
 def test_parse_number_rejects_with_a_reason(text, unit):
-    with pytest.raises(ValueError):
+    with pytest.raises(UnreadableAnswer):
         parse_number(text, unit)
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("-8^0.5", "not a real number"),  # Python's (-8.0) ** 0.5 is a complex number
+        ("-8**0.5", "not a real number"),
+        ("10^400", "out of range"),
+        ("0^-1", "out of range"),
+        ("1e999", "not a finite number"),
+        ("1e308 * 10^10", "not a finite number"),
+        ("1x10^" + "9" * 5000, "out of range"),  # int() refuses an exponent of 5,000 digits
+        ("9" * 400 + " billion", "not a finite number"),
+    ],
+)
+def test_answers_that_evaluate_to_no_real_number_are_unreadable(text, reason):
+    with pytest.raises(UnreadableAnswer, match=reason) as info:
+        parse_number(text)
+    assert len(str(info.value)) < 120  # a huge answer is not echoed whole
+    result = drill.explain_numeric(BY_ID["lora-llama7b-qv-params"], text)
+    assert result.correct is None and result.message.startswith("Could not read")
+
+
+_PIECES = (list("0123456789") * 4 + list(".,eE+-^*x× _%~()/") +
+           ["**", "x10^", "*10**", "≈", "about ", "\u202f", "\u00a0", "inf", "nan", "1e308", "9" * 30,
+            "k", "M", "B", "T", "bn", "million", "GB", "GiB", "MiB", " bytes", " params", "-0.5", "^0.5"])
+
+
+def test_parse_number_returns_a_float_or_its_own_error_on_any_input():
+    # A seeded fuzz: a few hundred strings of digits, operators and units, each against cards with
+    # and without units; anything but a finite float or UnreadableAnswer is a crash in the drill.
+    rng = random.Random(20240611)
+    texts = ["".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 10))) for _ in range(400)]
+    # and signed powers, which random strings rarely form: "-8^0.5", "-2.5**-1.5", ...
+    texts += [f"{rng.choice('+-')}{rng.randint(0, 99)}{rng.choice(['^', '**'])}{rng.choice('+-')}"
+              f"{rng.choice(['0.5', '1.5', '3', '0', '400', '1e3'])}" for _ in range(100)]
+    readable = 0
+    for text in texts:
+        for unit in (None, "GB", "params", "%"):
+            try:
+                value = parse_number(text, unit)
+            except UnreadableAnswer:
+                continue
+            assert type(value) is float and math.isfinite(value), (text, unit, value)
+            readable += 1
+    assert readable > 50  # the generator does make numbers, not only garbage
 
 
 def test_check_numeric_llama_qv_params_accepts_the_usual_spellings():

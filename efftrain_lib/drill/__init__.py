@@ -26,6 +26,7 @@ from efftrain_lib.chapters import CHAPTERS
 from efftrain_lib.drill.answers import (
     NUMBER_FORMS,
     NumericCheck,
+    UnreadableAnswer,
     check_numeric,
     explain_numeric,
     format_number,
@@ -65,6 +66,7 @@ __all__ = [
     "Card",
     "CardStats",
     "NumericCheck",
+    "UnreadableAnswer",
     "default_bank_path",
     "load_bank",
     "validate_cards",

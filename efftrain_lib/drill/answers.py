@@ -1,6 +1,6 @@
 """Reading a learner's numeric answer: "4.19e6", "4,194,304", "2^22", "4.2M params", "112 GB".
 
-parse_number() reads the text (NUMBER_FORMS says what is accepted) or raises ValueError with a reason;
+parse_number() reads the text (NUMBER_FORMS says what is accepted) or raises UnreadableAnswer saying why;
 explain_numeric() checks it against a card and says why it is right, wrong or unreadable.
 """
 
@@ -74,17 +74,29 @@ def _unit_factor(rest: str, unit: str | None) -> float | None:
     return 1.0 if _norm_unit(rest) == _norm_unit(unit) else None
 
 
+class UnreadableAnswer(ValueError):
+    """The drill's own error for an answer that does not read as one finite real number; its message
+    says why. The only exception parse_number raises (tests/test_drill.py fuzzes it)."""
+
+
+def _quoted(text: object) -> str:
+    """The learner's text as an error message shows it: quoted, and cut short if it is very long."""
+    shown = repr(str(text))
+    return shown if len(shown) <= 42 else shown[:40] + "…'"
+
+
 def parse_number(text: str, unit: str | None = None) -> float:
     """Read a learner's number, expressed in `unit` (a card's unit) unless the text names another one.
 
-    See NUMBER_FORMS for what is accepted. Raises ValueError with a readable reason otherwise.
+    See NUMBER_FORMS for what is accepted. Raises UnreadableAnswer (a ValueError) with a readable
+    reason otherwise, also for what evaluates to no finite real number (-8^0.5, 10^400, 0^-1).
     """
     s = _APPROX.sub("", str(text).strip())
     # Thousands separators: a comma, underscore or (thin) space followed by exactly three digits.
     s = re.sub(r"(?<=\d)[,_ \u00a0\u202f](?=\d{3}(?!\d))", "", s)
     s = re.sub(r"(?<=\d),(?=\d)", ".", s)  # what is left between digits is a decimal comma
     if not s:
-        raise ValueError("empty answer")
+        raise UnreadableAnswer("empty answer")
 
     for pattern, combine in (
         (_TIMES_TEN, lambda m: float(m.group(1)) * 10.0 ** int(m.group(2))),
@@ -95,12 +107,16 @@ def parse_number(text: str, unit: str | None = None) -> float:
         if m:
             try:
                 value = combine(m)
-            except (OverflowError, ZeroDivisionError):
-                raise ValueError(f"{text!r} is out of range") from None
+            # ValueError: an exponent of thousands of digits (int() refuses to convert it)
+            except (OverflowError, ZeroDivisionError, ValueError):
+                raise UnreadableAnswer(f"{_quoted(text)} is out of range") from None
+            if isinstance(value, complex):  # (-8) ** 0.5: Python answers with a complex number
+                raise UnreadableAnswer(f"{_quoted(text)} is not a real number (a negative number to a "
+                                       "fractional power)")
             rest = s[m.end():].strip()
             break
     else:
-        raise ValueError(f"{text!r} does not start with a number")
+        raise UnreadableAnswer(f"{_quoted(text)} does not start with a number")
 
     factor = _unit_factor(rest, unit)
     if factor is None:
@@ -114,10 +130,10 @@ def parse_number(text: str, unit: str | None = None) -> float:
         expected = f"'{unit}' (or nothing)" if unit else "no unit"
         if _is_byte_unit(unit):
             expected += ", or another byte unit such as MB, MiB, GB, GiB"
-        raise ValueError(f"did not understand {rest!r} after the number; expected {expected}")
+        raise UnreadableAnswer(f"did not understand {_quoted(rest)} after the number; expected {expected}")
     value *= factor
     if not math.isfinite(value):
-        raise ValueError(f"{text!r} is not a finite number")
+        raise UnreadableAnswer(f"{_quoted(text)} is not a finite number")
     return value
 
 
@@ -143,8 +159,8 @@ def explain_numeric(card: Card, text: str) -> NumericCheck:
         raise ValueError(f"card {card.id!r} has no numeric_answer to check against")
     try:
         value = parse_number(text, card.unit)
-    except ValueError as e:
-        return NumericCheck(None, None, f"Could not read {text!r} as a number: {e}.")
+    except UnreadableAnswer as e:
+        return NumericCheck(None, None, f"Could not read {_quoted(text)} as a number: {e}.")
     # A tiny floor on the tolerance absorbs float noise ("4.194304M" is 4194304.0000000005).
     ok = math.isclose(value, card.numeric_answer, rel_tol=max(card.rel_tol, 1e-9), abs_tol=1e-300)
     unit = f" {card.unit}" if card.unit else ""
