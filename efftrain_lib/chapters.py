@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
-__all__ = ["CHAPTERS", "Chapter", "UnknownChapter", "allowed_names", "chapter_keys", "register", "resolve"]
+__all__ = ["CHAPTERS", "Chapter", "UnknownChapter", "allowed_names", "register", "resolve"]
 
 _KEY = re.compile(r"[a-z][a-z0-9_]*")  # a module name: the exercise file is <key>.py
 _ALIAS = re.compile(r"[a-z0-9][a-z0-9_]*")
@@ -55,7 +55,7 @@ class Chapter:
     def __post_init__(self) -> None:
         if not (isinstance(self.key, str) and _KEY.fullmatch(self.key)):
             raise ValueError(f"chapter key must be a module name such as 'memory_math', got {self.key!r}")
-        if self.number is not None and not (isinstance(self.number, int) and self.number >= 0):
+        if self.number is not None and not (type(self.number) is int and self.number >= 0):
             raise ValueError(f"chapter {self.key!r}: number must be an int >= 0 or None, got {self.number!r}")
         if self.notebook and not self.notebook.endswith(".ipynb"):
             raise ValueError(f"chapter {self.key!r}: notebook must be a file name like "
@@ -106,11 +106,6 @@ CHAPTERS: dict[str, Chapter] = {c.key: c for c in _COURSE}
 
 class UnknownChapter(LookupError, ValueError):
     """A name that is no chapter's key or alias; the message lists what is allowed."""
-
-
-def chapter_keys() -> tuple[str, ...]:
-    """The canonical keys, in course order."""
-    return tuple(CHAPTERS)
 
 
 def allowed_names() -> str:

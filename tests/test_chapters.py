@@ -93,6 +93,7 @@ def test_register_adds_a_chapter_and_refuses_a_clash(monkeypatch):
     "fields, problem",
     [
         (dict(key="Memory"), "module name"), (dict(key="lora", number=-1), "number"),
+        (dict(key="lora", number=True), "number"),
         (dict(key="lora", notebook="01_lora.py"), "notebook"), (dict(key="lora", aliases=("Bad Alias",)), "alias"),
     ],
 )
