@@ -10,12 +10,15 @@ Measurement:
   meter           the memory meter (exact CPU accounting, or the CUDA allocator)
   memory          the training-memory estimator     memory_advisor  "which technique do I need?"
 Teaching aids:
-  liveplot        the live memory plot              drill           interview drill cards
+  liveplot        the live memory plot              drill           interview drill cards (a package:
+                                                                    bank, answers, progress, session,
+                                                                    terminal, widget)
   *_explorer      each chapter's slider logic (pure functions + thin ipywidgets shells)
 Infrastructure:
   devices         device, dtype, seeding            models          the tiny LLaMA-style transformer
   data            texts, tokenizer, batches         training        the training loop
   reference_models  a tiny LlamaForCausalLM and the bridge to PEFT
+  chapters        the one chapter registry: keys, numbers, notebooks, aliases (read by all of the above)
   grade, grading  the exercise grader (python -m efftrain_lib.grade CHAPTER)
 """
 

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 
+from efftrain_lib.chapters import UnknownChapter
+from efftrain_lib.chapters import resolve as resolve_chapter
 from efftrain_lib.grading import CHAPTERS, Chapter, Check, Outcome
 
 DEFAULT_TIMEOUT_S = 10.0  # per check; every LoRA check takes well under a second on 2 CPU cores
@@ -215,12 +217,11 @@ class GraderNotFound(LookupError):
 
 
 def _chapter(chapter: str) -> Chapter:
+    """The registry's entry for a key or any alias ("memory", "00", "00_memory_anatomy")."""
     try:
-        return CHAPTERS[chapter]
-    except KeyError:
-        raise GraderNotFound(
-            f"unknown chapter {chapter!r}; known chapters: {', '.join(sorted(CHAPTERS))}"
-        ) from None
+        return resolve_chapter(chapter)
+    except UnknownChapter as exc:
+        raise GraderNotFound(str(exc)) from None
 
 
 def load_grader(chapter: str) -> ModuleType:
@@ -238,6 +239,7 @@ def grade(chapter: str, impl: str | Path = "exercises", *, exercise: str | list[
     """Grade the chapter's file in `impl` (a directory or a .py file). Never raises for learner
     errors: every problem becomes a row of the report."""
     spec = _chapter(chapter)
+    chapter = spec.key  # reports and messages use the canonical name, whichever alias was given
     grader = load_grader(chapter)
     checks = list(grader.CHECKS)
     if exercise is not None:
@@ -402,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m efftrain_lib.grade",
         description="Grade a chapter's exercises. Exit status 0 only if every check passes.",
     )
-    parser.add_argument("chapter", choices=sorted(CHAPTERS), help="the chapter to grade")
+    parser.add_argument("chapter", help=f"the chapter to grade: {', '.join(CHAPTERS)}, or an alias "
+                        "(its number, its notebook's name, e.g. memory, 00, 00_memory_anatomy)")
     parser.add_argument("--impl", default="exercises",
                         help="directory holding the chapter's file, or the .py file (default: exercises)")
     parser.add_argument("--exercise", action="append", help="only this exercise, e.g. 1.2 (repeatable)")

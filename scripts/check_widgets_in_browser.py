@@ -8,7 +8,7 @@ bars draw and respond in JupyterLab.
     .venv/bin/python scripts/check_widgets_in_browser.py [--notebook 01_lora [--notebook 03 ...]]
                                                           [--out DIR] [--matplotlib inline|widget] [--keep]
 
---notebook takes a name (00_memory_anatomy, 01_lora, ...), its number prefix or a path; repeat it for
+--notebook takes any name of its chapter (00_memory_anatomy, 00, memory, lora, ...) or a path; repeat it for
 several; the default is all five chapters. --matplotlib widget runs each copy with `%matplotlib
 widget` (ipympl) first, as a learner may.
 
@@ -57,6 +57,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from efftrain_lib.chapters import CHAPTERS, UnknownChapter
+from efftrain_lib.chapters import resolve as resolve_chapter
 
 REPO = Path(__file__).resolve().parents[1]
 BROWSER_ARGS = [
@@ -643,19 +646,21 @@ def run_notebook(checker: Checker, timeout: float) -> dict:
     return seen
 
 
-NOTEBOOKS = ("00_memory_anatomy", "01_lora", "02_gradient_checkpointing", "03_mixed_precision",
-             "04_gradient_accumulation")
+NOTEBOOKS = tuple(c.notebook_stem for c in CHAPTERS.values() if c.notebook)  # the course's, in order
 
 
 def notebook_path(name: str) -> Path:
-    """A notebook by its name ("01_lora", "01", "01_lora.ipynb") or path."""
+    """A notebook by its path, or by any name of its chapter ("01_lora", "01", "lora", "01_lora.ipynb")."""
     path = Path(name)
     if path.suffix == ".ipynb" and (REPO / path).exists():
         return (REPO / path).resolve()
-    matches = [n for n in NOTEBOOKS if n == path.stem or n.startswith(path.stem + "_")]
-    if len(matches) != 1:
-        raise SystemExit(f"unknown notebook {name!r}; choose from {', '.join(NOTEBOOKS)}")
-    return REPO / "notebooks" / f"{matches[0]}.ipynb"
+    try:
+        chapter = resolve_chapter(name)
+    except UnknownChapter as e:
+        raise SystemExit(f"unknown notebook {name!r}: {e}") from None
+    if not chapter.notebook:
+        raise SystemExit(f"chapter {chapter.key!r} has no notebook yet")
+    return REPO / "notebooks" / chapter.notebook
 
 
 def check_notebook(notebook: Path, args, jupyter: Path, out: Path, report: Report) -> None:

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import random
 import re
 import struct
 import subprocess
@@ -22,6 +23,7 @@ from efftrain_lib.drill import (
     DrillSession,
     ProgressError,
     ProgressStore,
+    UnreadableAnswer,
     check_numeric,
     load_bank,
     order_cards,
@@ -107,9 +109,9 @@ LORA_TOPICS = [
     "lora-gpt3-headlines",
 ]
 SEED_OTHER_IDS = {
-    "memory": ["mem-7b-fp32-adam", "mem-mixed-precision-halves", "mem-which-technique"],
+    "memory_math": ["mem-7b-fp32-adam", "mem-mixed-precision-halves", "mem-which-technique"],
     "checkpointing": ["ckpt-what-and-cost", "ckpt-sqrt-n", "ckpt-when", "ckpt-manual-implementation"],
-    "precision": ["prec-why-loss-scaling", "prec-bf16-vs-fp16", "prec-fp32-ops", "prec-dynamic-scaler"],
+    "loss_scaling": ["prec-why-loss-scaling", "prec-bf16-vs-fp16", "prec-fp32-ops", "prec-dynamic-scaler"],
     "accumulation": ["acc-effective-batch", "acc-loss-division", "acc-equivalence", "acc-cost"],
 }
 
@@ -317,8 +319,54 @@ def test_parse_number_forms(text, unit, expected):
     [("", None), ("abc", None), ("five", "params"), ("12 GB", "params"), ("3 apples", None), ("0.39%", None)],
 )
 def test_parse_number_rejects_with_a_reason(text, unit):
-    with pytest.raises(ValueError):
+    with pytest.raises(UnreadableAnswer):
         parse_number(text, unit)
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("-8^0.5", "not a real number"),  # Python's (-8.0) ** 0.5 is a complex number
+        ("-8**0.5", "not a real number"),
+        ("10^400", "out of range"),
+        ("0^-1", "out of range"),
+        ("1e999", "not a finite number"),
+        ("1e308 * 10^10", "not a finite number"),
+        ("1x10^" + "9" * 5000, "out of range"),  # int() refuses an exponent of 5,000 digits
+        ("9" * 400 + " billion", "not a finite number"),
+    ],
+)
+def test_answers_that_evaluate_to_no_real_number_are_unreadable(text, reason):
+    with pytest.raises(UnreadableAnswer, match=reason) as info:
+        parse_number(text)
+    assert len(str(info.value)) < 120  # a huge answer is not echoed whole
+    result = drill.explain_numeric(BY_ID["lora-llama7b-qv-params"], text)
+    assert result.correct is None and result.message.startswith("Could not read")
+
+
+_PIECES = (list("0123456789") * 4 + list(".,eE+-^*x× _%~()/") +
+           ["**", "x10^", "*10**", "≈", "about ", "\u202f", "\u00a0", "inf", "nan", "1e308", "9" * 30,
+            "k", "M", "B", "T", "bn", "million", "GB", "GiB", "MiB", " bytes", " params", "-0.5", "^0.5"])
+
+
+def test_parse_number_returns_a_float_or_its_own_error_on_any_input():
+    # A seeded fuzz: a few hundred strings of digits, operators and units, each against cards with
+    # and without units; anything but a finite float or UnreadableAnswer is a crash in the drill.
+    rng = random.Random(20240611)
+    texts = ["".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 10))) for _ in range(400)]
+    # and signed powers, which random strings rarely form: "-8^0.5", "-2.5**-1.5", ...
+    texts += [f"{rng.choice('+-')}{rng.randint(0, 99)}{rng.choice(['^', '**'])}{rng.choice('+-')}"
+              f"{rng.choice(['0.5', '1.5', '3', '0', '400', '1e3'])}" for _ in range(100)]
+    readable = 0
+    for text in texts:
+        for unit in (None, "GB", "params", "%"):
+            try:
+                value = parse_number(text, unit)
+            except UnreadableAnswer:
+                continue
+            assert type(value) is float and math.isfinite(value), (text, unit, value)
+            readable += 1
+    assert readable > 50  # the generator does make numbers, not only garbage
 
 
 def test_check_numeric_llama_qv_params_accepts_the_usual_spellings():
@@ -422,6 +470,179 @@ def test_corrupt_progress_file_says_what_to_do(tmp_path):
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(ProgressError, match="--reset"):
         ProgressStore(path)
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("[]", "expected a JSON object"),
+        ('{"clock": "3", "cards": {}}', "'clock' must be a whole number"),
+        ('{"cards": ["a"]}', "'cards' must be an object"),
+        ('{"cards": {"a": [1, 2]}}', "card 'a': expected an object"),
+        ('{"cards": {"a": {"attempts": "3"}}}', "card 'a': field 'attempts' must be a whole number >= 0, got '3'"),
+        ('{"cards": {"a": {"misses": true}}}', "field 'misses' must be a whole number"),
+        ('{"cards": {"a": {"corrects": -1}}}', "field 'corrects' must be a whole number"),
+        ('{"cards": {"a": {"last_result": "maybe"}}}', "field 'last_result' must be 'correct', 'missed'"),
+        ('{"cards": {"a": {"last_seen_at": 5}}}', "field 'last_seen_at' must be a timestamp"),
+        ('{"cards": {"a": {"streak": 2}}}', "unknown field 'streak'"),
+    ],
+)
+def test_wrong_field_types_get_the_corrupt_file_message(tmp_path, text, problem, capsys):
+    path = tmp_path / "p.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ProgressError) as info:
+        ProgressStore(path)
+    message = str(info.value)
+    assert message.startswith(f"progress file {path} is unreadable (") and problem in message
+    assert f"--reset --progress {path}" in message  # what to do, as for corrupt JSON
+    assert drill.main(["--list", "--progress", str(path)]) == 1  # the CLI says so, no traceback
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_a_directory_as_progress_file_is_reported(tmp_path):
+    with pytest.raises(ProgressError, match="is unreadable"):
+        ProgressStore(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Two sessions on one progress file (a notebook quiz and a terminal drill open at once)
+# ------------------------------------------------------------------------------------------------
+
+
+def _saved(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def test_two_stores_interleaving_keep_every_answer(tmp_path):
+    path = tmp_path / "p.json"
+    a, b = ProgressStore(path), ProgressStore(path)  # both opened before either answered
+    a.record("only-a", True)
+    b.record("only-b", False)
+    a.record("shared", True)
+    b.record("shared", False)
+    a.record("only-a", False)
+    saved = _saved(path)
+    assert saved["clock"] == 5
+    assert {cid: (st["attempts"], st["corrects"], st["misses"]) for cid, st in saved["cards"].items()} == {
+        "only-a": (2, 1, 1), "only-b": (1, 0, 1), "shared": (2, 1, 1),
+    }  # fmt: skip
+    assert saved["cards"]["shared"]["last_result"] == "missed"  # b answered it last
+    # Each store holds the merged state after its save: a sees b's answers.
+    assert a.stats("only-b").misses == 1 and a.stats("shared").attempts == 2
+    # A reset of some cards merges too: it forgets those, not the other store's later answers.
+    b.record("only-b", True)
+    a.reset(["only-a"])
+    assert set(_saved(path)["cards"]) == {"only-b", "shared"} and _saved(path)["cards"]["only-b"]["attempts"] == 2
+
+
+def test_a_quiz_and_a_terminal_drill_at_once_lose_nothing(tmp_path):
+    path = tmp_path / "p.json"
+    bank = _write_bank(tmp_path, [{**GOOD, "id": cid} for cid in ("c1", "c2", "c3", "c4")])
+    q = quiz("lora", bank=bank, progress=path)
+    terminal = DrillSession(load_bank(bank), ProgressStore(path))
+    q.reveal()
+    q.grade_and_next(True)  # c1 in the notebook
+    terminal.next()
+    terminal.grade(False)  # c2 in the terminal
+    q.reveal()
+    q.grade_and_next(False)  # c2 in the notebook too
+    terminal.next()
+    terminal.grade(True)  # c3 in the terminal
+    cards = _saved(path)["cards"]
+    assert {cid: st["attempts"] for cid, st in cards.items()} == {"c1": 1, "c2": 2, "c3": 1}
+
+
+def test_without_fcntl_the_merge_still_keeps_every_answer(tmp_path, monkeypatch):
+    from efftrain_lib.drill import progress
+
+    monkeypatch.setattr(progress, "fcntl", None)
+    monkeypatch.setattr(progress, "msvcrt", None)
+    path = tmp_path / "p.json"
+    a, b = ProgressStore(path), ProgressStore(path)
+    a.record("x", True)
+    b.record("y", True)
+    assert set(_saved(path)["cards"]) == {"x", "y"}
+
+
+_HAMMER = """
+import sys
+from efftrain_lib.drill import ProgressStore
+path, me, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(n):
+    store = ProgressStore(path) if i % 5 == 0 else store  # some answers from a stale store, some fresh
+    store.record("shared", i % 2 == 0)
+    store.record(me, True)
+"""
+
+
+def test_processes_saving_at_once_lose_no_answer(tmp_path):
+    # Real concurrency: the lock serialises re-read, merge and replace across processes.
+    path, n, workers = tmp_path / "p.json", 40, 3
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", _HAMMER, str(path), f"w{k}", str(n)], env=env)
+             for k in range(workers)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * workers
+    cards = _saved(path)["cards"]
+    assert cards["shared"]["attempts"] == workers * n
+    assert cards["shared"]["corrects"] == cards["shared"]["misses"] == workers * n // 2
+    assert all(cards[f"w{k}"]["attempts"] == n for k in range(workers))
+    assert _saved(path)["clock"] == 2 * workers * n
+
+
+# ------------------------------------------------------------------------------------------------
+# A progress file that cannot be written is reported before the first question
+# ------------------------------------------------------------------------------------------------
+
+
+def _unwritable(tmp_path) -> Path:
+    """A progress path under a regular file: no one can create it, root included."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("", encoding="utf-8")
+    return blocker / "p.json"
+
+
+def test_cli_reports_an_unwritable_progress_file_before_the_first_question(tmp_path, capsys):
+    path = _unwritable(tmp_path)
+    out = io.StringIO()
+    assert drill.main(["--chapter", "lora", "--progress", str(path)], inp=io.StringIO("\ny\n"), out=out) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: progress file {path} cannot be written (") and "--progress FILE" in err
+    assert "Q:" not in out.getvalue()  # no question asked, so no answer lost
+    assert drill.main(["--reset", "--chapter", "lora", "--progress", str(path)], out=out) == 1
+    assert drill.main(["--list", "--chapter", "lora", "--progress", str(path)], out=io.StringIO()) == 0
+    with pytest.raises(ProgressError, match="cannot be written"):
+        run_drill(_cards("a"), ProgressStore(path), inp=io.StringIO("\ny\n"), out=out)
+
+
+def test_quiz_shows_an_unwritable_progress_file_and_still_runs(tmp_path):
+    path = _unwritable(tmp_path)
+    q = quiz("lora", bank=_write_bank(tmp_path, [GOOD]), progress=path)
+    assert q.warning.startswith(f"Progress will not be saved: progress file {path} cannot be written")
+    assert f"Warning: {q.warning}" in repr(q)  # the text view (nbval, a terminal IPython) says so
+    q.widget
+    assert "cannot be written" in q.warning_label.value
+    q.reveal()
+    q.grade_and_next(True)
+    assert q.session.results == [("x-card", True)] and not path.exists()
+
+
+def test_quiz_that_loses_its_file_mid_session_says_so(tmp_path):
+    home = tmp_path / "home"
+    bank = _write_bank(tmp_path, [GOOD, {**GOOD, "id": "y-card"}])
+    q = quiz("lora", bank=bank, progress=home / "p.json")
+    assert q.warning == ""
+    q.widget
+    q.reveal()
+    q.grade_and_next(True)
+    assert ProgressStore(home / "p.json").stats("x-card").corrects == 1
+    for f in home.iterdir():
+        f.unlink()
+    home.rmdir()
+    home.write_text("", encoding="utf-8")  # the directory is gone: the next save cannot happen
+    q.reveal()
+    q.grade_and_next(False)  # a button callback: must not raise
+    assert q.session.results == [("x-card", True), ("y-card", False)]
+    assert q.warning.startswith("Progress is no longer saved: progress file") and q.warning_label.value
 
 
 def test_in_memory_store_writes_nothing(tmp_path, monkeypatch):

@@ -20,15 +20,18 @@ A check that raises NotImplementedError is reported as a stub, another exception
 and message, plus the check's default hint), a check that runs too long as timed out: the harness
 (efftrain_lib/grade.py) does that, so checks are plain straight-line code.
 
-To add a chapter: write its grader module here and make sure CHAPTERS below names it. The chapters
-of the course are registered already; the harness reports "no graders yet" for a missing module.
-`register()` adds one at run time (a notebook, a test).
+Which chapters exist, and which grader module and exercise file each has, is read from the course's
+one chapter registry, efftrain_lib/chapters.py (re-exported here as CHAPTERS, Chapter and register).
+To add a chapter: add its entry there and write its grader module here (efftrain_lib/grading/<key>.py);
+the harness reports "no graders yet" for a registered chapter whose module is missing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Iterator
+
+from efftrain_lib.chapters import CHAPTERS, Chapter, register  # noqa: F401 - the registry, re-exported
 
 
 @dataclass(frozen=True)
@@ -76,39 +79,3 @@ class Checks:
 
     def __len__(self) -> int:
         return len(self._checks)
-
-
-@dataclass(frozen=True)
-class Chapter:
-    grader: str  # the grader module's import name
-    filename: str  # the file graded inside an implementation directory
-    notebook: str = ""  # where the learner reads about it (for messages; "" if not written yet)
-    title: str = ""
-
-
-CHAPTERS: dict[str, Chapter] = {
-    "memory_math": Chapter(
-        "efftrain_lib.grading.memory_math", "memory_math.py", "notebooks/00_memory_anatomy.ipynb",
-        "Chapter 0: memory anatomy",
-    ),
-    "lora": Chapter("efftrain_lib.grading.lora", "lora.py", "notebooks/01_lora.ipynb", "Chapter 1: LoRA"),
-    "checkpointing": Chapter(
-        "efftrain_lib.grading.checkpointing", "checkpointing.py",
-        "notebooks/02_gradient_checkpointing.ipynb", "Chapter 2: gradient checkpointing",
-    ),
-    "loss_scaling": Chapter(
-        "efftrain_lib.grading.loss_scaling", "loss_scaling.py", "notebooks/03_mixed_precision.ipynb",
-        "Chapter 3: mixed precision and loss scaling",
-    ),
-    "accumulation": Chapter(
-        "efftrain_lib.grading.accumulation", "accumulation.py", "notebooks/04_gradient_accumulation.ipynb",
-        "Chapter 4: gradient accumulation",
-    ),
-}
-
-
-def register(name: str, grader: str, filename: str, notebook: str = "", title: str = "") -> Chapter:
-    """Register (or replace) a chapter at run time; returns its entry."""
-    chapter = Chapter(grader, filename, notebook, title)
-    CHAPTERS[name] = chapter
-    return chapter

@@ -42,7 +42,7 @@ def demo(monkeypatch, tmp_path):
     grader.CHECKS = checks
     grader.EXERCISES = {"9.1": "add", "9.2": "mul"}
     monkeypatch.setitem(sys.modules, "_demo_grader", grader)
-    monkeypatch.setitem(CHAPTERS, "demo", harness.Chapter("_demo_grader", "demo.py", "", "Demo"))
+    monkeypatch.setitem(CHAPTERS, "demo", harness.Chapter("demo", None, "Demo", grader="_demo_grader"))
     return tmp_path
 
 
@@ -129,7 +129,8 @@ def test_cli_exit_status(demo, capsys):
 def test_unknown_chapter_and_missing_grader(monkeypatch):
     with pytest.raises(harness.GraderNotFound, match="unknown chapter"):
         grade("no_such_chapter")
-    monkeypatch.setitem(CHAPTERS, "later", harness.Chapter("efftrain_lib.grading._not_written_yet", "later.py"))
+    later = harness.Chapter("later", None, "Later", grader="efftrain_lib.grading._not_written_yet")
+    monkeypatch.setitem(CHAPTERS, "later", later)
     with pytest.raises(harness.GraderNotFound, match="no graders yet"):
         grade("later")
     assert main(["later"]) == 2

@@ -1,0 +1,87 @@
+"""Interview drill cards: the question bank, a terminal drill and a notebook quiz widget.
+
+    python -m efftrain_lib.drill [--chapter lora] [--limit N] [--progress FILE] [--list] [--reset]
+
+    from efftrain_lib.drill import quiz
+    quiz("lora")            # a widget in JupyterLab, a text summary anywhere else
+
+The cards live in efftrain_lib/data/questions.toml (read with stdlib tomllib). Progress is a small
+JSON file, default ~/.efftrain/drill_progress.json, overridable with the EFFTRAIN_DRILL_PROGRESS
+environment variable or a `progress=` argument / --progress option. Cards missed last time come back first.
+A chapter is named by its key or any alias (efftrain_lib/chapters.py): "memory_math", "memory", "00".
+
+One module per job, each usable on its own (and tested without a terminal or a browser):
+  bank       Card, load_bank, cards_for             parse and validate the TOML
+  answers    parse_number, check_numeric            read "4.19e6", "4,194,304", "4.2M", "112 GB"
+  progress   ProgressStore, order_cards             what was missed, what comes next
+  session    DrillSession                           one pass over the ordered cards
+  terminal   run_drill, main                        the terminal shell (`python -m efftrain_lib.drill`)
+  widget     Quiz, quiz                             the notebook shell (ipywidgets)
+
+Only the standard library is imported at module level: the CLI starts instantly and works without
+torch; ipywidgets is imported when a widget is first built.
+"""
+
+from efftrain_lib.chapters import CHAPTERS
+from efftrain_lib.drill.answers import (
+    NUMBER_FORMS,
+    NumericCheck,
+    UnreadableAnswer,
+    check_numeric,
+    explain_numeric,
+    format_number,
+    parse_number,
+)
+from efftrain_lib.drill.bank import (
+    DEFAULT_TOLERANCE,
+    BankError,
+    Card,
+    cards_for,
+    chapter_key,
+    default_bank_path,
+    load_bank,
+    validate_cards,
+)
+from efftrain_lib.drill.progress import (
+    PROGRESS_ENV,
+    CardStats,
+    ProgressError,
+    ProgressStore,
+    card_status,
+    default_progress_path,
+    order_cards,
+)
+from efftrain_lib.drill.session import DrillSession
+from efftrain_lib.drill.terminal import main, run_drill
+from efftrain_lib.drill.widget import Quiz, quiz
+
+__all__ = [
+    "CHAPTERS",
+    "chapter_key",
+    "DEFAULT_TOLERANCE",
+    "NUMBER_FORMS",
+    "PROGRESS_ENV",
+    "BankError",
+    "ProgressError",
+    "Card",
+    "CardStats",
+    "NumericCheck",
+    "UnreadableAnswer",
+    "default_bank_path",
+    "load_bank",
+    "validate_cards",
+    "cards_for",
+    "parse_number",
+    "check_numeric",
+    "explain_numeric",
+    "format_number",
+    "default_progress_path",
+    "ProgressStore",
+    "order_cards",
+    "card_status",
+    "DrillSession",
+    "run_drill",
+    "main",
+    "Quiz",
+    "quiz",
+]

@@ -1,0 +1,7 @@
+"""`python -m efftrain_lib.drill`: the terminal drill (see --help)."""
+
+import sys
+
+from efftrain_lib.drill.terminal import cli
+
+sys.exit(cli())
