@@ -1,25 +1,30 @@
 """efftrain_lib: the shared library of the efftrain course.
 
-One module per concern.
+One module per concern, in layers that import only downward (ARCHITECTURE.md draws them;
+tests/test_architecture.py holds them):
 
+Foundation:
+  devices         device, autocast, seeding          losses          the token-normalised loss
+  models          the tiny LLaMA-style transformer   data            texts, tokenizer, batches
+  comparing       max_abs_diff, gradient_dict        timing          interleaved timing rounds
+  lora_math       LoRA's scaling, parameter count    number_formats  fp32 / fp16 / bf16 bit by bit
+Loop:
+  training        the one training step and the loop around it
 Techniques (the hardened versions the notebooks build up to):
-  lora            LoRA, rsLoRA and DoRA             adapters        PEFT's on-disk adapter format
-  checkpointing   gradient checkpointing            precision       the loss scaler, autocast tables
-  accumulation    gradient accumulation             number_formats  fp32 / fp16 / bf16 bit by bit
-Measurement:
+  lora            LoRA, rsLoRA and DoRA              adapters        PEFT's on-disk adapter format
+  checkpointing   gradient checkpointing             precision       the loss scaler, autocast tables
+  accumulation    gradient accumulation              reference_models  a tiny Llama and the PEFT bridge
+Measuring:
   meter           the memory meter (exact CPU accounting, or the CUDA allocator)
-  memory          the training-memory estimator     memory_advisor  "which technique do I need?"
-Teaching aids:
-  liveplot        the live memory plot              drill           interview drill cards (a package:
-                                                                    bank, answers, progress, session,
-                                                                    terminal, widget)
-  *_explorer      each chapter's slider logic (pure functions + thin ipywidgets shells)
-Infrastructure:
-  devices         device, dtype, seeding            models          the tiny LLaMA-style transformer
-  data            texts, tokenizer, batches         training        the training loop
-  reference_models  a tiny LlamaForCausalLM and the bridge to PEFT
-  chapters        the one chapter registry: keys, numbers, notebooks, aliases (read by all of the above)
-  grade, grading  the exercise grader (python -m efftrain_lib.grade CHAPTER)
+  saved_tensors   what autograd keeps for backward   memory          the training-memory estimator
+  memory_replay   the estimator's symbolic replay    memory_validation  estimator vs meter, run for real
+Exploring:
+  liveplot        the live memory plot               widgets         the sliders' shared shell
+  *_explorer      each chapter's slider logic        memory_advisor  "which technique do I need?"
+Teaching:
+  chapters        the chapter registry               grade, grading  the exercise grader
+  drill/          interview drill cards, one module per job (bank, answers, progress, session,
+                  terminal, widget)
 """
 
 __version__ = "0.1.0"
