@@ -42,6 +42,7 @@ RMSNorm casts once where the tiny model's casts twice, a difference only for pur
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -68,6 +69,8 @@ OPTIMIZERS = {
     "sgd_momentum": (1, False),
     "sgd": (0, False),
 }
+
+MAX_LAYERS = 1024
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION_IMPLS = ("flash", "eager")
@@ -108,6 +111,9 @@ class TransformerShape:
     def __post_init__(self):
         for f in ("vocab_size", "hidden_size", "n_layers", "n_heads", "ffn_dim", "max_seq_len"):
             positive_int(f, getattr(self, f))
+        if self.n_layers > MAX_LAYERS:  # the replay walks every layer: a typo of 10^9 layers would hang
+            raise ValueError(f"n_layers must be at most {MAX_LAYERS} (the deepest published LLMs have ~130), "
+                             f"got {self.n_layers}")
         if self.hidden_size % self.n_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by n_heads ({self.n_heads})")
         kv = self.kv_heads
@@ -452,8 +458,8 @@ def training_memory_bytes(num_params, *, weight_bytes, grad_bytes, optimizer, ma
     gradients + fp32 optimizer state (Adam 2, SGD with momentum 1, SGD 0 states) + an fp32 master copy."""
     positive_int("num_params", num_params)
     for name, value in (("weight_bytes", weight_bytes), ("grad_bytes", grad_bytes)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{name} must be a positive number of bytes per element, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a finite positive number of bytes per element, got {value!r}")
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     per_param = weight_bytes + grad_bytes + 4 * OPTIMIZERS[optimizer][0] + (4 if master_weights else 0)
     return int(num_params * per_param)

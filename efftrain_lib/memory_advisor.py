@@ -25,6 +25,7 @@ stops at the first that fits, so the two can be set side by side.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 from efftrain_lib.memory import GB, estimate_training_memory, shape_of
@@ -84,8 +85,9 @@ def advise(model, *, batch_size: int, seq_len: int, budget_gb: float, optimizer:
     budget_gb: usable device memory in GB (10^9 bytes). With accumulation, the largest micro-batch
     dividing batch_size that fits the budget is chosen (1 if none fits).
     """
-    if not isinstance(budget_gb, (int, float)) or isinstance(budget_gb, bool) or budget_gb <= 0:
-        raise ValueError(f"budget_gb must be a positive number of GB, got {budget_gb!r}")
+    if (not isinstance(budget_gb, (int, float)) or isinstance(budget_gb, bool) or not math.isfinite(budget_gb)
+            or budget_gb <= 0):
+        raise ValueError(f"budget_gb must be a finite positive number of GB, got {budget_gb!r}")
     shape_of(model)  # fail early on a bad model
     budget = budget_gb * GB
     options = []

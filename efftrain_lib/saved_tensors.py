@@ -69,6 +69,10 @@ def as_device(device) -> torch.device | None:
 
 OUTSIDE_MODULES = "(outside modules)"
 
+# The counter recording in each thread (torch's saved-tensor hooks are per thread, and only the innermost
+# pair applies): a second one entered inside it would blind the first, so it is refused.
+_ACTIVE = threading.local()
+
 
 class SavedTensorCounter:
     """Counts the bytes autograd saves for backward, while they are alive.
@@ -130,16 +134,24 @@ class SavedTensorCounter:
     def __enter__(self) -> "SavedTensorCounter":
         if self._hooks_ctx is not None:
             raise RuntimeError("SavedTensorCounter is already active; it cannot be entered twice")
+        if getattr(_ACTIVE, "counter", None) is not None:
+            raise RuntimeError(
+                "another SavedTensorCounter (a MemoryMeter's step, or a counter of its own) is already recording "
+                "in this thread: saved-tensor hooks do not stack (only the innermost sees a tensor), so the outer "
+                "one would silently report 0 for everything the inner one records. Finish one before starting "
+                "the other, or measure with one meter.")
         self._index_weights()
         if self.attribute_modules:
             self._register_module_hooks()
         self._hooks_ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._hooks_ctx.__enter__()
+        _ACTIVE.counter = self
         return self
 
     def __exit__(self, *exc) -> None:
         self._hooks_ctx.__exit__(*exc)
         self._hooks_ctx = None
+        _ACTIVE.counter = None
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

@@ -251,6 +251,19 @@ def test_bad_models():
         TransformerShape(10, 30, 1, 4, 8, 8)
     with pytest.raises(ValueError, match="measured bytes must be positive"):
         relative_error(1, 0)
+    # a calculator typo of a billion layers is refused at once, not replayed for an hour
+    with pytest.raises(ValueError, match=r"n_layers must be at most 1024"):
+        memory_explorer.custom_shape(n_layers=10**9)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -2.0, 0])
+def test_non_finite_or_non_positive_byte_sizes_are_refused(value):
+    from efftrain_lib.memory import training_memory_bytes
+
+    with pytest.raises(ValueError, match="weight_bytes must be a finite positive number"):
+        training_memory_bytes(1000, weight_bytes=value, grad_bytes=4, optimizer="adam")
+    with pytest.raises(ValueError, match="grad_bytes must be a finite positive number"):
+        training_memory_bytes(1000, weight_bytes=4, grad_bytes=value, optimizer="adam")
 
 
 # ------------------------------------------------------------------------- advisor and calculator --
@@ -290,8 +303,9 @@ def test_seed_order_beside_the_advisor():
     # batch 1 has no accumulation rung; nothing fits a 70B on one 141 GB GPU without sharding
     text = memory_explorer.advisor_table("Llama-2-70B", batch_size=1, seq_len=4096, budget_gb=141)
     assert "Nothing fits" in text
-    with pytest.raises(ValueError, match="budget_gb"):
-        memory_advisor.advise("Llama-2-7B", batch_size=1, seq_len=16, budget_gb=0)
+    for budget in (0, -1, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="budget_gb must be a finite positive number"):
+            memory_advisor.advise("Llama-2-7B", batch_size=1, seq_len=16, budget_gb=budget)
 
 
 def test_mixed_precision_over_fp32_frozen_weights_costs_memory_with_lora():

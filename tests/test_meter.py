@@ -387,6 +387,26 @@ def test_meter_misuse_gives_clear_errors():
             MemoryMeter("cuda")
 
 
+def test_two_meters_nested_is_an_error_not_a_silent_zero():
+    # torch's saved-tensor hooks do not stack: inside the inner meter the outer one would see nothing.
+    model = tiny_model()
+    outer, inner = MemoryMeter(), MemoryMeter()
+    with outer.step(model):
+        with pytest.raises(RuntimeError, match="already recording in this thread"):
+            with inner.step(model):
+                pass
+        with pytest.raises(RuntimeError, match="already recording"):
+            with SavedTensorCounter(model):
+                pass
+        loss = model(tiny_batch()[0]).float().mean()  # the outer meter still sees everything
+        outer.mark("forward")
+    assert outer.last.sample("forward").activations > 0
+    del loss
+    with inner.step(model):  # once the outer one is finished, the inner one works
+        model(tiny_batch()[0]).float().mean().backward()
+    assert inner.last.peak.activations > 0
+
+
 def test_a_failing_step_keeps_its_partial_record():
     model = tiny_model()
     meter = MemoryMeter()
