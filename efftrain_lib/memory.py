@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from efftrain_lib.lora_math import check_rank, parameter_count
-from efftrain_lib.memory_replay import DTYPE_BYTES, Replay, StepPlan, build_tape
+from efftrain_lib.memory_replay import CPU_RNG_STATE_BYTES, DTYPE_BYTES, Replay, StepPlan, build_tape
 from efftrain_lib.meter import MIB, MemoryBreakdown
 
 GB = 10**9
@@ -74,6 +74,7 @@ MAX_LAYERS = 1024
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION_IMPLS = ("flash", "eager")
+OPTIMIZER_IMPLS = ("foreach", "for-loop", "fused")
 
 SOURCE_ESTIMATE = "estimate: efftrain_lib.memory.estimate_training_memory (peak of a steady-state step)"
 
@@ -205,7 +206,11 @@ class MemoryEstimate:
     peak_phase                when the peak happens ("end of forward", "backward through layer 3", ...)
     all_at_once               every category at its own maximum, summed: the usual back-of-envelope
                               figure, an upper bound of the peak
-    workspace                 rough allowance for temporaries accounting does not see (not in peak)
+    allocator_peak            what an allocator would report as the step's peak: the same tensors plus
+                              those alive only while an op runs (gradients in flight, the optimizer
+                              step's temporaries, clipping) and the window's input ids and labels
+    allocator_phase           when that peak happens (often not where accounting's peak is)
+    workspace                 allocator_peak - peak_bytes: what accounting does not see (derived)
     """
 
     weights: int
@@ -215,7 +220,8 @@ class MemoryEstimate:
     cast_weights: int
     peak_phase: str
     all_at_once: dict
-    workspace: int
+    allocator_peak: int
+    allocator_phase: str
     total_params: int
     trainable_params: int
     settings: dict = field(default_factory=dict)
@@ -227,6 +233,10 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         return self.peak_bytes
+
+    @property
+    def workspace(self) -> int:
+        return self.allocator_peak - self.peak_bytes
 
     @property
     def model_states(self) -> int:
@@ -241,7 +251,8 @@ class MemoryEstimate:
 
     def as_dict(self) -> dict:
         out = {c: getattr(self, c) for c in PEAK_CATEGORIES}
-        out.update(peak=self.peak_bytes, peak_phase=self.peak_phase, workspace=self.workspace,
+        out.update(peak=self.peak_bytes, peak_phase=self.peak_phase, allocator_peak=self.allocator_peak,
+                   allocator_phase=self.allocator_phase, workspace=self.workspace,
                    total_params=self.total_params, trainable_params=self.trainable_params)
         return out
 
@@ -254,8 +265,9 @@ class MemoryEstimate:
                          f"{self.all_at_once[c] / scale:>8.3f} {unit}")
         lines.append(f"{'total':<{width}} {self.peak_bytes / scale:>8.3f} {unit:<3} "
                      f"{sum(self.all_at_once.values()) / scale:>8.3f} {unit}")
-        lines.append(f"peak: {self.peak_phase}; workspace allowance (not in total): "
-                     f"{self.workspace / scale:.3f} {unit}")
+        lines.append(f"peak: {self.peak_phase}")
+        lines.append(f"allocator's peak {self.allocator_peak / scale:.3f} {unit} ({self.allocator_phase}): "
+                     f"+{self.workspace / scale:.3f} {unit} that accounting does not see")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -343,6 +355,8 @@ def estimate_training_memory(
     checkpointing=False,
     micro_batch_size: int | None = None,
     attention: str = "flash",
+    optimizer_impl: str = "foreach",
+    clip_grad: bool = False,
 ) -> MemoryEstimate:
     """Predict the peak memory of one steady-state training step, by category (bytes).
 
@@ -357,6 +371,9 @@ def estimate_training_memory(
     checkpointing    False, True (every decoder layer), n (the first n layers) or a list of layer indices
     micro_batch_size gradient accumulation: batch_size is split into micro-batches of this size
     attention        "flash" (SDPA: no seq x seq matrix kept) or "eager" (softmax probabilities kept)
+    optimizer_impl   how torch.optim runs the step: "foreach" (its default on CUDA), "for-loop" (its
+                     default on CPU) or "fused" (fused=True); changes only the allocator's peak
+    clip_grad        clip_grad_norm_ before the step (a few bytes per parameter tensor)
     """
     shape = shape_of(model)
     batch_size = positive_int("batch_size", batch_size)
@@ -366,6 +383,7 @@ def estimate_training_memory(
     precision = check_choice("precision", precision, PRECISIONS)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     attention = check_choice("attention", attention, ATTENTION_IMPLS)
+    optimizer_impl = check_choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
     micro = batch_size if micro_batch_size is None else positive_int("micro_batch_size", micro_batch_size)
     if micro > batch_size or batch_size % micro:
         raise ValueError(f"micro_batch_size ({micro}) must divide batch_size ({batch_size})")
@@ -395,13 +413,17 @@ def estimate_training_memory(
 
     base = {"weights": weights, "optimizer_state": optimizer_state}
     steps = batch_size // micro
+    batch_bytes = 2 * batch_size * seq * DTYPE_BYTES["int64"]  # every micro-batch's ids and labels
+    step_temporaries = optimizer_step_temporaries(optimizer, optimizer_impl, [p.numel for p in trainable], state_elem)
+    clipping = clip_temporaries(len(trainable)) if clip_grad else 0
     replays = []
     for grads_alive in ([False, True] if steps > 1 else [False]):
-        r = Replay(base, grad_bytes, grads_alive)
+        r = Replay(base, grad_bytes, grads_alive, batch_bytes, CPU_RNG_STATE_BYTES)
         r._observe("start of step")
         r.forward(tape.nodes)
         r.backward(tape.nodes)
         replays.append(r)
+    replays[-1].optimizer_step(step_temporaries, clipping)
     best = max(replays, key=lambda r: r.best)
     state = best.best_state
     all_at_once = {"weights": weights, "gradients": sum(grad_bytes.values()), "optimizer_state": optimizer_state,
@@ -410,24 +432,45 @@ def estimate_training_memory(
     phase = state["phase"]
     if steps > 1 and best is replays[-1]:
         phase += " (a later micro-batch: all gradients already allocated)"
+    alloc = max(replays, key=lambda r: r.alloc_best)
+    alloc_phase = alloc.alloc_phase
+    if steps > 1 and alloc is replays[-1] and not alloc_phase.startswith(("optimizer", "clipping")):
+        alloc_phase += " (a later micro-batch)"
     return MemoryEstimate(
         weights=state["weights"], gradients=state["gradients"], optimizer_state=state["optimizer_state"],
         activations=state["activations"], cast_weights=state["cast_weights"], peak_phase=phase,
-        all_at_once=all_at_once, workspace=_workspace(plan), total_params=total_params,
-        trainable_params=n_trainable,
+        all_at_once=all_at_once, allocator_peak=alloc.alloc_best, allocator_phase=alloc_phase,
+        total_params=total_params, trainable_params=n_trainable,
         settings={"model": shape.name, "batch_size": batch_size, "seq_len": seq, "precision": precision,
                   "optimizer": optimizer, "lora_rank": lora_rank, "lora_targets": targets,
                   "checkpointed_layers": len(plan.checkpointed), "micro_batch_size": micro,
-                  "accumulation_steps": steps, "attention": attention},
+                  "accumulation_steps": steps, "attention": attention, "optimizer_impl": optimizer_impl,
+                  "clip_grad": clip_grad},
     )
 
 
-def _workspace(plan: StepPlan) -> int:
-    """An allowance for what accounting does not see: the logits and their gradient, in fp32.
-    On the tiny transformer this closes the gap to the CPU allocator's peak (torch.profiler) to a
-    few percent; on a GPU, kernels' workspaces and the caching allocator's rounding come on top."""
-    s = plan.shape
-    return 2 * plan.micro_batch * plan.seq * s.vocab_size * 4
+def optimizer_step_temporaries(optimizer: str, impl: str, trainable_numels: Sequence[int], state_elem: int) -> int:
+    """Bytes torch.optim allocates inside step() beyond its state, by implementation (measured with
+    torch.profiler on torch 2.13, tests/test_memory.py holds them):
+
+    Adam / AdamW  for-loop  one parameter at a time: sqrt(v) and its division by the bias correction
+                            are alive at once, while the previous parameter's result (`denom`, a local
+                            not yet reassigned) still is: max over i of 2 n_i + n_(i-1), in order
+                  foreach   1 x every trainable parameter at once (torch._foreach_sqrt of all the v)
+                  fused     nothing (one kernel per parameter, in place)
+    SGD, with or without momentum: nothing (in place), whatever the implementation.
+    """
+    if OPTIMIZERS[optimizer][0] < 2 or impl == "fused" or not trainable_numels:
+        return 0
+    if impl == "for-loop":
+        previous = [0, *trainable_numels[:-1]]
+        return max(2 * n + before for n, before in zip(trainable_numels, previous)) * state_elem
+    return sum(trainable_numels) * state_elem
+
+
+def clip_temporaries(n_tensors: int) -> int:
+    """clip_grad_norm_: one fp32 norm per gradient tensor, their stacked copy, and the total (bytes)."""
+    return 8 * n_tensors + 4
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 
 Every combination of mixed precision (bf16 autocast), gradient checkpointing (every layer), gradient
 accumulation (the largest micro-batch that fits) and LoRA is estimated with
-`memory.estimate_training_memory` (peak + workspace allowance), and given a predicted time cost
+`memory.estimate_training_memory` (its allocator peak: what the step holds plus its temporaries and the
+optimizer step's buffers), and given a predicted time cost
 relative to the plain step, from FLOPs (C = 6PD: forward 2PD, backward 4PD):
 
 * checkpointing recomputes the forward: +2PD, x1.33;
@@ -41,7 +42,7 @@ class Option:
     checkpointing: bool
     micro_batch_size: int
     lora_rank: int | None
-    peak_bytes: int  # estimate's peak + workspace allowance
+    peak_bytes: int  # the estimate's allocator peak (temporaries and the optimizer step included)
     model_state_bytes: int
     activation_bytes: int
     time_factor: float
@@ -70,16 +71,18 @@ def _divisors_desc(n: int) -> list[int]:
     return [d for d in range(n, 0, -1) if n % d == 0]
 
 
-def _estimate(model, batch_size, seq_len, optimizer, precision, ckpt, micro, lora_rank, lora_targets, attention):
+def _estimate(model, batch_size, seq_len, optimizer, optimizer_impl, precision, ckpt, micro, lora_rank, lora_targets,
+              attention):
     est = estimate_training_memory(model, batch_size=batch_size, seq_len=seq_len, precision=precision,
-                                   optimizer=optimizer, lora_rank=lora_rank, lora_targets=lora_targets,
-                                   checkpointing=ckpt, micro_batch_size=micro, attention=attention)
-    return est, est.peak_bytes + est.workspace
+                                   optimizer=optimizer, optimizer_impl=optimizer_impl, lora_rank=lora_rank,
+                                   lora_targets=lora_targets, checkpointing=ckpt, micro_batch_size=micro,
+                                   attention=attention)
+    return est, est.allocator_peak
 
 
 def advise(model, *, batch_size: int, seq_len: int, budget_gb: float, optimizer: str = "adam",
-           lora_rank: int = 8, lora_targets=("q_proj", "v_proj"), attention: str = "flash",
-           mixed_precision_speedup: float = 2.0) -> list[Option]:
+           optimizer_impl: str = "foreach", lora_rank: int = 8, lora_targets=("q_proj", "v_proj"),
+           attention: str = "flash", mixed_precision_speedup: float = 2.0) -> list[Option]:
     """Every combination of the four techniques for this model, batch and memory budget, ranked.
 
     budget_gb: usable device memory in GB (10^9 bytes). With accumulation, the largest micro-batch
@@ -102,8 +105,8 @@ def advise(model, *, batch_size: int, seq_len: int, budget_gb: float, optimizer:
             continue  # batch_size 1: nothing to accumulate
         chosen = None
         for micro in micros:
-            est, peak = _estimate(model, batch_size, seq_len, optimizer, precision, ckpt, micro, rank,
-                                  lora_targets, attention)
+            est, peak = _estimate(model, batch_size, seq_len, optimizer, optimizer_impl, precision, ckpt, micro,
+                                  rank, lora_targets, attention)
             chosen = (micro, est, peak)
             if peak <= budget:
                 break

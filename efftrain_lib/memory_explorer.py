@@ -10,6 +10,7 @@ from __future__ import annotations
 from efftrain_lib.liveplot import CATEGORY_COLORS
 from efftrain_lib.memory import (
     GB,
+    OPTIMIZER_IMPLS,
     OPTIMIZERS,
     PEAK_CATEGORIES,
     PRECISIONS,
@@ -31,31 +32,30 @@ def custom_shape(hidden_size: int = 4096, n_layers: int = 32, n_heads: int = 32,
     return TransformerShape(vocab_size, hidden_size, n_layers, n_heads, ffn_dim, max_seq_len, name="custom")
 
 
-def calculate(model="Llama-2-7B", *, precision="bf16_autocast", optimizer="adam", lora_rank=0,
+def calculate(model="Llama-2-7B", *, precision="bf16_autocast", optimizer="adam", optimizer_impl="foreach", lora_rank=0,
               checkpointing=False, batch_size=1, seq_len=2048, micro_batch_size=None, **custom):
     """The calculator's estimate: model is a preset name, "custom" (then `custom` holds custom_shape's
     arguments) or anything estimate_training_memory accepts. lora_rank 0 means full fine-tuning."""
     if model == CUSTOM:
         model = custom_shape(**custom)
     return estimate_training_memory(model, batch_size=batch_size, seq_len=seq_len, precision=precision,
-                                    optimizer=optimizer, lora_rank=lora_rank or None, checkpointing=checkpointing,
-                                    micro_batch_size=micro_batch_size)
+                                    optimizer=optimizer, optimizer_impl=optimizer_impl, lora_rank=lora_rank or None,
+                                    checkpointing=checkpointing, micro_batch_size=micro_batch_size)
 
 
 def gpus_that_fit(estimate) -> list[str]:
-    """The GPU sizes the predicted peak (workspace allowance included) fits in."""
-    need = estimate.peak_bytes + estimate.workspace
-    return [name for name, size in GPU_SIZES_GB.items() if need <= size * GB]
+    """The GPU sizes the predicted allocator peak (temporaries and the optimizer step included) fits in."""
+    return [name for name, size in GPU_SIZES_GB.items() if estimate.allocator_peak <= size * GB]
 
 
 def summary(estimate) -> str:
     """One paragraph: parameters, peak, phase, and the GPUs it fits."""
-    need = (estimate.peak_bytes + estimate.workspace) / GB
     fits = gpus_that_fit(estimate)
     s = estimate.settings
     return (f"{s['model']}: {estimate.total_params / 1e9:.3g}B parameters, {estimate.trainable_params:,} trainable. "
-            f"Predicted peak {estimate.peak_bytes / GB:.1f} GB ({estimate.peak_phase}), "
-            f"{need:.1f} GB with the workspace allowance; everything at once would be "
+            f"Predicted peak {estimate.allocator_peak / GB:.1f} GB ({estimate.allocator_phase}, optimizer step "
+            f"{s['optimizer_impl']}), of which {estimate.workspace / GB:.1f} GB temporaries; the tensors held "
+            f"peak at {estimate.peak_bytes / GB:.1f} GB ({estimate.peak_phase}); everything at once would be "
             f"{sum(estimate.all_at_once.values()) / GB:.1f} GB. "
             + (f"Fits: {', '.join(fits)}." if fits else "Fits none of 24 / 40 / 80 / 141 GB."))
 
@@ -64,16 +64,17 @@ _COLORS = {**CATEGORY_COLORS, "workspace": "#bbbbbb"}  # the meter's plots' colo
 
 
 def draw_calculator(ax, estimate, gpu_sizes=GPU_SIZES_GB) -> None:
-    """Two stacked bars, each with the workspace allowance on top: the breakdown at the predicted peak,
-    and every category at its own maximum (the back-of-envelope sum); lines at GPU sizes, in GB."""
+    """Two stacked bars, each with the temporaries the allocator sees on top (`workspace`: gradients in
+    flight, the optimizer step's buffers): the breakdown at the predicted peak, and every category at its
+    own maximum (the back-of-envelope sum); lines at GPU sizes, in GB."""
     bars = {"at the peak": {**{c: getattr(estimate, c) for c in PEAK_CATEGORIES}, "workspace": estimate.workspace},
             "all at once": {**estimate.all_at_once, "workspace": estimate.workspace}}
     for x, (label, parts) in enumerate(bars.items()):
         bottom = 0.0
         for category, nbytes in parts.items():
             height = nbytes / GB
-            ax.bar(x, height, bottom=bottom, color=_COLORS[category], width=0.55,
-                   label=category.replace("_", " ") if x == 0 else None)
+            name = "temporaries" if category == "workspace" else category.replace("_", " ")
+            ax.bar(x, height, bottom=bottom, color=_COLORS[category], width=0.55, label=name if x == 0 else None)
             bottom += height
         ax.annotate(f"{bottom:.1f} GB", xy=(x, bottom), xytext=(0, 2), textcoords="offset points", ha="center",
                     fontsize=8)
@@ -91,13 +92,14 @@ def draw_calculator(ax, estimate, gpu_sizes=GPU_SIZES_GB) -> None:
 
 
 def draw_from_controls(ax, model, precision, optimizer, lora_rank, checkpointing, batch_size, seq_len,
-                       hidden_size=4096, n_layers=32, n_heads=32, ffn_dim=11008) -> None:
+                       hidden_size=4096, n_layers=32, n_heads=32, ffn_dim=11008, optimizer_impl="foreach") -> None:
     """What the calculator widget draws for one setting of its controls (an impossible custom shape or
     rank is written into the picture instead of raising)."""
     custom = dict(hidden_size=hidden_size, n_layers=n_layers, n_heads=n_heads, ffn_dim=ffn_dim)
     try:
-        est = calculate(model, precision=precision, optimizer=optimizer, lora_rank=lora_rank,
-                        checkpointing=checkpointing, batch_size=batch_size, seq_len=seq_len, **custom)
+        est = calculate(model, precision=precision, optimizer=optimizer, optimizer_impl=optimizer_impl,
+                        lora_rank=lora_rank, checkpointing=checkpointing, batch_size=batch_size, seq_len=seq_len,
+                        **custom)
     except ValueError as error:
         ax.text(0.5, 0.5, str(error), ha="center", va="center", wrap=True, fontsize=8)
         ax.set_axis_off()
@@ -116,6 +118,8 @@ def memory_calculator():
         model=widgets.Dropdown(options=list(PRESETS) + [CUSTOM], value="Llama-2-7B", **wide_),
         precision=widgets.Dropdown(options=list(PRECISIONS), value="bf16_autocast", **wide_),
         optimizer=widgets.Dropdown(options=list(OPTIMIZERS), value="adam", **wide_),
+        optimizer_impl=widgets.Dropdown(options=list(OPTIMIZER_IMPLS), value="foreach", description="step impl",
+                                        **wide_),
         lora_rank=widgets.SelectionSlider(options=[0, 1, 2, 4, 8, 16, 32, 64, 128], value=0, **wide_),
         checkpointing=widgets.Checkbox(value=False, style=wide_["style"]),  # its box lines up with the rest
         batch_size=widgets.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64], value=1, **wide_),

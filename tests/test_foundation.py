@@ -104,6 +104,24 @@ def test_training_marks_each_phase_for_a_meter():
     train(model, get_batch, steps=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
           meter=RecordingMeter(), progress=False)
     assert events == ["start", "forward", "backward", "optimizer step"]
+    events.clear()  # clipping is a phase of its own (it allocates: one norm per gradient tensor)
+    train(model, get_batch, steps=1, accumulation_steps=2, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+          max_grad_norm=1.0, meter=RecordingMeter(), progress=False)
+    assert events == ["start", "forward 1", "backward 1", "forward 2", "backward 2", "clip", "optimizer step"]
+
+
+def test_the_step_frees_the_logits_before_backward():
+    # Holding the logits through backward would cost tokens x vocabulary (a GB at 8 x 2048 x 32k in bf16).
+    import weakref
+
+    model = TinyTransformer(SMALL)
+    seen = []
+    model.lm_head.register_forward_hook(lambda module, args, out: seen.append(weakref.ref(out)))
+    alive_in_backward = []
+    model.layers[0].register_full_backward_hook(lambda *args: alive_in_backward.append(seen[-1]() is not None))
+    get_batch = data.batch_sampler(data.encode(data.load_text("sonnets")), 2, 8)
+    train(model, get_batch, steps=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), progress=False)
+    assert alive_in_backward == [False]
 
 
 def test_the_shipped_checkpoint_has_learned_the_sonnets():

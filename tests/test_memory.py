@@ -5,7 +5,11 @@ Tolerances, stated:
     |error| <= 10% (the issue's bar); the median must be <= 1% (in fact the estimate is byte-exact
     today: it replays the same autograd saving rules the meter observes), and each category at the
     peak within 10% of the measured peak.
-  * estimate + workspace allowance vs the CPU allocator's peak (torch.profiler): within 10%.
+  * the allocator's peak (accounting plus what lives only while an op runs, the optimizer step's
+    temporaries and the batch) vs the CPU allocator's own peak (torch.profiler), every configuration of
+    the grid: within 5% above 8 MiB (the issue's target) and within 2% everywhere (what it achieves:
+    the worst is -1.4%, small per-op temporaries of a recomputed layer's RMSNorms that it does not model).
+  * the optimizer step's temporaries: exact (torch.profiler), per optimizer and implementation.
   * parameter counts: exact (the tiny model, LoRA, published LLaMA counts).
 """
 
@@ -111,12 +115,56 @@ def test_random_configurations_off_the_grid():
         assert abs(err) <= TOLERANCE, (config, settings, err)
 
 
-def test_estimate_with_workspace_tracks_the_cpu_allocator():
-    config = TinyConfig(vocab_size=96, hidden_size=64, n_layers=2, n_heads=4, ffn_dim=172, max_seq_len=64)
-    for settings in (dict(batch_size=4, seq_len=64), dict(batch_size=4, seq_len=64, precision="bf16_autocast")):
-        allocator = measure_allocator_peak(config, **settings)
-        est = estimate_training_memory(config, **settings)
-        assert abs(relative_error(est.peak_bytes + est.workspace, allocator)) <= TOLERANCE, (settings, allocator)
+@pytest.fixture(scope="module")
+def allocator_results(one_thread):
+    return [(describe_settings(settings), estimate_training_memory(config, **settings).allocator_peak,
+             measure_allocator_peak(config, **settings)) for config, settings in GRID]
+
+
+def test_allocator_peak_within_5_percent_above_8_mib_and_2_percent_everywhere(allocator_results):
+    big = [(label, relative_error(predicted, measured)) for label, predicted, measured in allocator_results
+           if measured > 8 * 2**20]
+    assert len(big) >= 8, "the grid must hold configurations above 8 MiB"
+    assert all(abs(err) <= 0.05 for _, err in big), big
+    errors = {label: relative_error(predicted, measured) for label, predicted, measured in allocator_results}
+    assert max(abs(e) for e in errors.values()) <= 0.02, errors
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "sgd_momentum"])
+@pytest.mark.parametrize("impl", ["foreach", "for-loop", "fused"])
+def test_optimizer_step_temporaries_are_what_torch_allocates(optimizer, impl):
+    from efftrain_lib.memory import optimizer_step_temporaries
+    from efftrain_lib.meter import profiler_peak_bytes
+
+    shapes = [(300, 100), (1000, 100), (100,)]  # the largest tensor is not the first
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    for param in params:
+        param.grad = torch.randn_like(param)
+    kw = {"foreach": dict(foreach=True), "for-loop": dict(foreach=False), "fused": dict(fused=True)}[impl]
+    opt = (torch.optim.Adam(params, lr=1e-3, **kw) if optimizer == "adam" else torch.optim.AdamW(params, lr=1e-3, **kw)
+           if optimizer == "adamw" else torch.optim.SGD(params, lr=1e-3, momentum=0.9 * (optimizer != "sgd"), **kw))
+    opt.step()  # the state exists from here on
+    measured = profiler_peak_bytes(opt.step).peak_bytes
+    predicted = optimizer_step_temporaries(optimizer, impl, [p.numel() for p in params], 4)
+    assert predicted <= measured <= predicted + 16, (measured, predicted)  # + a few step scalars
+
+
+def test_the_optimizer_step_can_be_the_peak():
+    # fp32 Adam on a 7B: foreach's sqrt(v) for every parameter at once (+4 bytes/param) puts the peak in the
+    # step (~135 GB), above the end of backward (~108 GB); fused=True keeps it at the end of backward.
+    kw = dict(batch_size=1, seq_len=2048)
+    peaks = {impl: estimate_training_memory("Llama-2-7B", optimizer_impl=impl, **kw) for impl in ("foreach", "for-loop",
+                                                                                               "fused")}
+    p = PRESETS["Llama-2-7B"].num_parameters()
+    assert peaks["foreach"].allocator_phase == "optimizer step"
+    assert peaks["foreach"].allocator_peak - peaks["fused"].allocator_peak == pytest.approx(4 * p, rel=0.01)
+    assert 130 * GB < peaks["foreach"].allocator_peak < 140 * GB
+    assert peaks["fused"].allocator_phase.startswith("backward")
+    assert len({e.peak_bytes for e in peaks.values()}) == 1  # accounting does not see the step's temporaries
+    clipped = estimate_training_memory("Llama-2-7B", clip_grad=True, optimizer_impl="fused", **kw)
+    assert clipped.allocator_peak >= peaks["fused"].allocator_peak
+    with pytest.raises(ValueError, match="optimizer_impl"):
+        estimate_training_memory("Llama-2-7B", optimizer_impl="fast", **kw)
 
 
 # ------------------------------------------------------------------------------ parameter counts --
@@ -204,7 +252,7 @@ def test_estimate_renders():
     est = estimate_training_memory("Llama-2-7B", batch_size=1, seq_len=2048, precision="bf16_autocast",
                                    lora_rank=8, checkpointing=True)
     table = est.to_table()
-    assert "GB" in table and "peak:" in table and "optimizer_state" in table
+    assert "GB" in table and "peak:" in table and "optimizer_state" in table and "allocator's peak" in table
     assert isinstance(est.as_breakdown(), MemoryBreakdown)
     assert est.settings["lora_targets"] == ("q_proj", "v_proj")
 
