@@ -10,7 +10,9 @@ import math
 
 import torch
 
+from efftrain_lib.lora import LoRALinear
 from efftrain_lib.lora_math import parameter_count, scaling  # noqa: F401 (scaling: the sliders' API)
+from efftrain_lib.training import training_step
 from efftrain_lib.widgets import WIDE, interactive_figure, render_png, wide  # noqa: F401 (render_png: API)
 
 # Layer shapes a learner can pick: (out_features, in_features).
@@ -40,28 +42,37 @@ def energy_captured(values: torch.Tensor, k: int) -> float:
     return (energy[:k].sum() / energy.sum()).item()
 
 
-def update_norm_by_rank(ranks, alpha: float, features: int = 256, entry_std: float = 0.02,
-                        seed: int = 0, trials: int = 32) -> dict[str, list[float]]:
-    """||scaling * B A x|| for random A (Kaiming-uniform, as LoRA starts) and B with entries of a fixed size.
+def update_norm_by_rank(ranks, alpha: float, *, features: int = 256, lr: float = 1e-3, seed: int = 0,
+                        trials: int = 4) -> dict[str, list[float]]:
+    """The size of LoRA's first update, ||scaling * B A x|| / ||x|| on fresh inputs x, after one Adam step
+    from B = 0, by rank, under alpha / r and rsLoRA's alpha / sqrt(r). Measured, not assumed: a LoRALinear
+    on a random (features x features) layer takes one step of the library's training_step on a random
+    linear loss; the mean over `trials` seeds is returned.
 
-    B's entries are held at the same size for every rank (as after training with a fixed learning
-    rate), so B A x grows like sqrt(r): alpha / r shrinks the update like 1/sqrt(r), while rsLoRA's
-    alpha / sqrt(r) keeps it flat. This is the argument of the rsLoRA paper (Kalajdzievski 2023).
-    Each norm is the root-mean-square over `trials` draws of A, B and x: one draw is noisy enough
-    (a factor 2 between neighbouring ranks) to hide the trend the plot is there to show.
+    Why it depends on r, exactly (Kalajdzievski 2023's rank-stabilisation argument, at B = 0): Adam's first
+    step moves every parameter by lr * m / sqrt(v) = lr * sign(gradient). At B = 0, A gets no gradient and
+    every entry of B moves by +-lr, whatever the scaling. So B A x is a sum over r directions of A x with
+    signs: its size grows like sqrt(r), and the update scaling * B A x like scaling * sqrt(r). Under
+    alpha / r it shrinks like 1/sqrt(r); under alpha / sqrt(r) it stays flat.
     """
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
-    generator = torch.Generator().manual_seed(seed)
-    bound = 1 / math.sqrt(features)
     norms = {"alpha / r": [], "alpha / sqrt(r) (rsLoRA)": []}
     for rank in ranks:
-        x = torch.randn(trials, features, 1, generator=generator)
-        a = (torch.rand(trials, rank, features, generator=generator) * 2 - 1) * bound
-        b = torch.randn(trials, features, rank, generator=generator) * entry_std
-        raw = (b @ (a @ x)).squeeze(-1).norm(dim=-1).pow(2).mean().sqrt().item()
-        norms["alpha / r"].append(raw * scaling(alpha, rank))
-        norms["alpha / sqrt(r) (rsLoRA)"].append(raw * scaling(alpha, rank, rslora=True))
+        for label, rslora in (("alpha / r", False), ("alpha / sqrt(r) (rsLoRA)", True)):
+            sizes = []
+            for trial in range(trials):
+                generator = torch.Generator().manual_seed(seed * 1000 + trial)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed * 1000 + trial)
+                    layer = LoRALinear(torch.nn.Linear(features, features, bias=False), rank, alpha,
+                                       use_rslora=rslora)
+                opt = torch.optim.Adam([layer.lora_A, layer.lora_B], lr=lr)
+                x, g, probe = (torch.randn(32, features, generator=generator) for _ in range(3))
+                training_step(layer, opt, [(x, g)], loss_fn=lambda out, target: (out * target).mean())
+                with torch.no_grad():
+                    sizes.append(((layer(probe) - layer.base(probe)).norm() / probe.norm()).item())
+            norms[label].append(sum(sizes) / len(sizes))
     return norms
 
 
@@ -92,8 +103,8 @@ def draw_update_norms(ax, ranks, alpha: float, ymax: float | None = None) -> Non
     moving it visibly scales the curves instead of only relabelling an autoscaled axis)."""
     for label, norms in update_norm_by_rank(ranks, alpha).items():
         ax.plot(ranks, norms, "o-", label=label)
-    ax.set(xscale="log", xlabel="rank r", ylabel="||scaling * B A x||",
-           title=f"Update size vs rank at alpha={alpha:g} (B entries of fixed size)")
+    ax.set(xscale="log", xlabel="rank r", ylabel="||scaling * B A x|| / ||x||",
+           title=f"First Adam update from B = 0 vs rank, alpha={alpha:g}")
     ax.set_ylim(0, ymax)  # from zero: "how much smaller" reads off the picture
     ax.legend()
 

@@ -39,10 +39,13 @@ def test_rslora_keeps_the_update_size_flat_while_alpha_over_r_shrinks_it():
     ranks = [1, 4, 16, 64, 256]
     norms = ex.update_norm_by_rank(ranks, alpha=16)
     standard, rs = norms["alpha / r"], norms["alpha / sqrt(r) (rsLoRA)"]
-    # alpha/r: ~1/sqrt(r), so 256x the rank is ~16x smaller (random matrices: within a factor 2).
+    # alpha/r: ~1/sqrt(r), so 256x the rank is ~16x smaller (measured 12x: at r = 256 = the layer's width,
+    # A's rows fill the space and stop adding independent directions). rsLoRA: flat within a factor 1.5.
     assert 8 < standard[0] / standard[-1] < 32
-    assert 0.5 < rs[0] / rs[-1] < 2
-    assert math.isclose(standard[2] * math.sqrt(16), rs[2], rel_tol=1e-9)
+    assert 1 / 1.5 < rs[0] / rs[-1] < 1.5
+    # Adam's first step moves B by +-lr whatever the scaling: the two rules differ by sqrt(r) exactly
+    # (up to Adam's eps = 1e-8 against gradients of ~1e-5 here: a 1e-3 relative effect).
+    assert math.isclose(standard[2] * math.sqrt(16), rs[2], rel_tol=1e-2)
 
 
 def test_drawings_produce_the_expected_artists():

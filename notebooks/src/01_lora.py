@@ -97,8 +97,10 @@ ax.legend(loc="lower right", fontsize=8)
 plt.show()
 
 # %% [markdown]
-# LoRA does not shrink the frozen weights (QLoRA quantises those too); it removes the gradients and the
-# optimizer state of everything it freezes. Chapter 3 (mixed precision) attacks the weights.
+# LoRA does not shrink the frozen weights; it removes the gradients and the optimizer state of everything it
+# freezes. The frozen weights shrink only if they are stored in fewer bits: a bf16 base (2 bytes/param),
+# or QLoRA's 4-bit base (chapter 6). Mixed precision does not shrink them: autocast keeps fp32 weights and
+# adds bf16 copies (chapters 0 and 3 measure it).
 #
 # ## 2. Build it step by step
 #
@@ -107,8 +109,10 @@ plt.show()
 # - `A` (`r x k`) starts random: **Kaiming-uniform**, as PEFT does (`kaiming_uniform_(a=sqrt(5))`, so
 #   `|A| ≤ 1/sqrt(k)`).
 # - `B` (`d x r`) starts at **zero**, so `B A = 0`: at step 0 the model is exactly the pretrained model.
-# - `alpha / r` scales the update, so changing the rank does not change how big the update is at a
-#   given learning rate (more on that in section 7).
+# - `alpha / r` scales the update. It was meant to make the rank a free choice: Hu et al. set alpha once,
+#   to the first r they tried, and did not retune the learning rate when varying r (section 4.1). It
+#   does not quite hold: section 7 measures the first update shrinking as r grows, which is what rsLoRA's
+#   `alpha / sqrt(r)` fixes.
 # - Dropout, if any, applies to the input of the LoRA branch only; the frozen path is untouched.
 
 # %%
@@ -250,14 +254,37 @@ for targets in (["1.self_attn.q_proj"], ["proj"]):
         print("   substring took:", by_substring)
 
 # %% [markdown]
+# A second bug hides in the seed's `apply_lora_to_model`: its LoRA layer freezes the Linear it wraps, and
+# **nothing else** is frozen. The embeddings, the norms, every other Linear and the output layer still train,
+# so the "0.1% trainable" promise becomes nearly 100%, with Adam state and gradients for all of it:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def seed_style_apply(model, targets, rank=8, alpha=16):
+    """What the seed's apply_lora_to_model does: wrap the matching Linears (each wrapper freezes its own
+    base), and leave every other parameter as it was: trainable."""
+    for name in [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and substring_match(n, targets)]:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child,
+                LoRALinear(model.get_submodule(name), rank, alpha))
+    return model
+
+
+from efftrain_lib.lora import DoRALinear, LoRALinear, apply_lora, count_parameters, lora_layers  # noqa: E402
+
+seed_model = seed_style_apply(load_pretrained(), ["q_proj", "v_proj"])
+trainable, total = count_parameters(seed_model)
+print(f"seed-style apply: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.1f}%)")
+trainable, total = count_parameters(apply_lora(load_pretrained(), ["q_proj", "v_proj"], rank=8, alpha=16))
+print(f"apply_lora:       {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.1f}%)")
+
+# %% [markdown]
 # Now switch to the library's hardened version, `efftrain_lib.lora`. It is the same idea with the checks a
 # real tool needs (`LoRALinear` keeps `lora_A` and `lora_B` as direct attributes, as the exercises do).
 # Given the same A and B it computes exactly what our from-scratch version computes:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from efftrain_lib.lora import DoRALinear, LoRALinear, apply_lora, count_parameters, lora_layers
-
 ours = load_pretrained()
 scratch = load_pretrained()
 apply_lora(ours, ["q_proj", "v_proj"], rank=8, alpha=16)
@@ -310,6 +337,21 @@ lora_layer.unmerge()
 restore_diff = (lora_layer.base.weight - original_weight).abs().max().item()
 print(f"merged vs unmerged output: max |diff| = {merge_diff:.1e} (tolerance 1e-5): {merge_diff < 1e-5}")
 print(f"W after merge + unmerge:   max |diff| = {restore_diff:.1e} (tolerance 1e-6): {restore_diff < 1e-6}")
+
+# %% [markdown]
+# The seed's `merge_weights` adds the update into the weight but keeps **no flag**: its forward still adds
+# `B A x` on top, so after merging the update counts twice (and merging twice adds it twice). The library
+# sets `merged`, and its forward then runs the base alone. Doing what the seed does to the same layer:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with torch.no_grad():
+    update = lora_layer(x) - lora_layer.base(x)          # (alpha / r) B A x
+    lora_layer.base.weight += lora_layer.delta_weight()  # the seed's merge: no flag set
+    doubled = lora_layer(x) - unmerged_out               # forward still adds B A x
+    lora_layer.base.weight -= lora_layer.delta_weight()
+print(f"after a flag-less merge the output moves by the update once more: max |diff - update| = "
+      f"{(doubled - update).abs().max():.1e}; the update itself is up to {update.abs().max():.2f}")
 
 # %%
 def median_seconds(fn, repeats=30):
@@ -559,10 +601,13 @@ for name, spectra in list(spectra_by_layer.items())[:4]:
 lora_explorer.spectrum_explorer(spectra_by_layer, rank=8)
 
 # %% [markdown]
-# **alpha / r vs rsLoRA's alpha / sqrt(r).** With `alpha / r`, a higher rank means a *smaller* update at
-# the same learning rate: `B A x` grows like `sqrt(r)` while the scaling falls like `1/r`. rsLoRA
-# (Kalajdzievski 2023) scales by `alpha / sqrt(r)` and keeps the update size flat across ranks. First the
-# argument with random matrices, then a measurement: the same 30 training steps at ranks 2 and 32.
+# **alpha / r vs rsLoRA's alpha / sqrt(r), derived at B = 0.** Adam's first step moves every parameter by
+# `lr * m / sqrt(v) = lr * sign(gradient)`. At `B = 0`, `A` gets no gradient (it is multiplied by B), and
+# every entry of `B` moves by `±lr`, whatever the scaling. So `B A x` is a sum over `r` directions of `A x`
+# with signs: it grows like `sqrt(r)`, and the update `scaling * B A x` like `scaling * sqrt(r)`. Under
+# `alpha / r` a higher rank means a *smaller* first update, like `1/sqrt(r)`; rsLoRA (Kalajdzievski 2023)
+# scales by `alpha / sqrt(r)` and keeps it flat. Measured below: one Adam step from `B = 0` with the
+# library's `LoRALinear` at each rank (mean of 4 seeds), then 30 training steps at ranks 2 and 32.
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.2))

@@ -17,6 +17,8 @@
 # Every number below comes from a run in this notebook. It executes in under a minute on 2 CPU cores.
 
 # %%
+import math
+import statistics
 import warnings
 
 import matplotlib.pyplot as plt
@@ -28,6 +30,7 @@ from torch.utils.checkpoint import checkpoint_sequential as torch_checkpoint_seq
 
 from efftrain_lib.devices import describe, get_device, seed_everything, use_one_cpu_thread
 from efftrain_lib.comparing import max_abs_diff
+from efftrain_lib.memory import GIB, estimate_training_memory
 from efftrain_lib.meter import MIB, MemoryMeter, SavedTensorCounter, measure_step
 from efftrain_lib.models import TinyConfig, TinyTransformer, language_model_loss
 from efftrain_lib.training import train
@@ -500,6 +503,32 @@ for every, row in chain_rows.items():
 # `2 sqrt(n)` units instead of `n + 1`. The paper's headline, a 1,000-layer ResNet trained in **7 GB instead
 # of 48 GB for 30% more time**, is this curve at n = 1,000.
 #
+# The seed's `analyze_memory_savings` prints a saving for LLaMA-7B-like shapes (32 layers, h = 4096, s = 2048,
+# b = 4) with two mistakes: it counts the attention scores as `b s²` (one head; there are 32), and it prices
+# the checkpointed run as sqrt(n) copies of a **whole layer's activations**, where Chen's accounting keeps
+# n/k checkpoints (one layer input each) plus the k layers of the segment being recomputed. Its figures
+# beside Korthikanti's per-layer activations (fp16, eager attention) and that accounting:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+n_seed, h_seed, s_seed, b_seed, heads_seed = 32, 4096, 2048, 4, 32
+seed_layer = b_seed * s_seed * h_seed * 2 + b_seed * s_seed * s_seed * 2            # the seed's per-layer bytes
+seed_plain, seed_ckpt = n_seed * seed_layer, math.sqrt(n_seed) * seed_layer
+a_layer = s_seed * b_seed * h_seed * (34 + 5 * heads_seed * s_seed / h_seed)           # Korthikanti, fp16
+c_input = 2 * s_seed * b_seed * h_seed                                               # one fp16 layer input
+k_sqrt = round(math.sqrt(n_seed))
+print(f"seed:        plain {seed_plain / GIB:6.1f} GiB, checkpointed {seed_ckpt / GIB:6.1f} GiB "
+      f"(saves {1 - seed_ckpt / seed_plain:.0%})")
+print(f"Korthikanti: plain {n_seed * a_layer / GIB:6.1f} GiB; segments of {k_sqrt} layers "
+      f"{(n_seed / k_sqrt * c_input + k_sqrt * a_layer) / GIB:6.1f} GiB; every layer "
+      f"{(n_seed * c_input + a_layer) / GIB:6.1f} GiB (saves {1 - (n_seed * c_input + a_layer) / (n_seed * a_layer):.0%})")
+print(f"the seed's per-layer activations are {a_layer / seed_layer:.0f}x too small: {heads_seed} heads' scores, not one, "
+      f"and 34 bytes per s.b.h element, not 2")
+
+# %% [markdown]
+# The seed's per-layer figure is far too small (printed above), and its checkpointed one prices the
+# checkpoints as whole layers; the right accounting saves more, and most with one layer per segment.
+#
 # `checkpoint_sequential` (torch's, and ours with the same split) does **not** checkpoint its last segment:
 # backward starts there at once, so recomputing it would buy nothing. It keeps more after forward (its last
 # segment whole), reaches the same peak here, and saves recomputing one segment: (1 - 1/segments) of a
@@ -550,7 +579,24 @@ display(Markdown("\n".join(sequential_rows) + "\n\nTime: median of 11 interleave
 # %% [markdown]
 # Same kept memory for ours and torch's `checkpoint_sequential` (the same split, the last segment whole), and
 # a peak close to the all-segments plan's. It recomputes 3 of the 4 segments, so its time overhead should be
-# about three quarters of the all-segments plan's.
+# about three quarters of the all-segments plan's. Step times on a shared 2-core machine are noisy; the
+# measured share, with the spread of the per-round ratios:
+
+# %%
+def overhead(label):
+    """Median per-round overhead vs no checkpointing, and its interquartile range over the rounds."""
+    per_round = sorted(t / r - 1 for t, r in zip(sequential_timings.samples[label],
+                                                   sequential_timings.samples["no checkpointing"]))
+    return statistics.median(per_round), per_round[len(per_round) // 4], per_round[3 * len(per_round) // 4]
+
+
+all_segments = overhead("all 4 segments checkpointed (every 4)")
+for label in ("checkpoint_sequential, 4 segments (ours)", "torch's checkpoint_sequential, 4 segments"):
+    median, low, high = overhead(label)
+    print(f"{label}: overhead {median:+.0%} (rounds' IQR {low:+.0%} to {high:+.0%}) = {median / all_segments[0]:.2f} "
+          f"of the all-segments plan's {all_segments[0]:+.0%} (IQR {all_segments[1]:+.0%} to {all_segments[2]:+.0%})")
+
+# %% [markdown]
 #
 # ## 6. What the seed's layer saves, and selective checkpointing
 #
@@ -566,7 +612,7 @@ deep_sbh = deep.max_seq_len * DEEP_BATCH * deep.hidden_size
 policy_rows = ["| what is checkpointed | kept per layer (bytes / sbh element, fp32) | fp16 terms | Korthikanti formula (fp16) |",
                "|---|---|---|---|"]
 formula = {"nothing": f"34 + 5as/h = {34 + 5 * deep.n_heads * deep.max_seq_len / deep.hidden_size:.0f}",
-           "attention half": "34 (attention core only)", "MLP half": "-",
+           "attention half": "- (Korthikanti's selective: the core only, 34)", "MLP half": "-",
            "both halves, separately (the seed's layer)": "-", "whole layer": "2"}
 per_layer_kept = {}
 for label, policy in [("nothing", None), ("attention half", "attention"), ("MLP half", "mlp"),
@@ -584,6 +630,9 @@ display(Markdown("\n".join(policy_rows)))
 # %% [markdown]
 # - **The seed's layer keeps two checkpoints per layer** (`x` and `x + attn_out`): twice what checkpointing
 #   the whole layer keeps, for the same recompute (both halves run again). Checkpoint whole layers.
+# - **"attention half" is not Korthikanti's selective recomputation**: it recomputes the whole attention
+#   half (norm, q/k/v/o projections and SDPA); selective recomputes only the attention core (`QKᵀ`,
+#   softmax, dropout, the product with V) and keeps the projections' inputs.
 # - **Selective checkpointing of attention buys little here**: the fused attention kernel keeps no `s×s`
 #   matrix, so the term selective recomputation targets is already gone. What remains in the attention half
 #   is projections and norms, and the MLP half keeps about twice as much (SwiGLU). On a GPU with eager
@@ -668,10 +717,13 @@ measure_step(adam_model, adam, deep_batch)
 step_plain = measure_step(adam_model, adam, deep_batch, attribute_modules=False).peak.total
 enable_checkpointing(adam_model, 1)
 step_ckpt = measure_step(adam_model, adam, deep_batch, attribute_modules=False).peak.total
-# LLaMA-7B, s = 2048, b = 1, fp16 activations (Korthikanti) vs fp32 Adam model states (16 bytes/param).
-llama_acts = 32 * 2048 * 1 * 4096 * (34 + 5 * 32 * 2048 / 4096)
-llama_kept = 32 * 2 * 2048 * 4096
-llama_states = 16 * 6.74e9
+# LLaMA-7B, s = 2048, fp32 Adam (foreach), SDPA attention: the estimator's peaks (chapter 0) without and
+# with every layer checkpointed, at a few batch sizes.
+llama_saving = {}
+for b in (1, 4, 16):
+    plain_7b, ckpt_7b = (estimate_training_memory("Llama-2-7B", batch_size=b, seq_len=2048, checkpointing=c)
+                         for c in (False, True))
+    llama_saving[b] = (plain_7b.allocator_peak, ckpt_7b.allocator_peak, plain_7b.allocator_phase)
 myths = [
     ("+30% compute (时间 +30%)",
      f"One extra forward of the layers, whatever the plan: {sqrt_plan.vs_plain - 1:+.0%} at "
@@ -684,12 +736,15 @@ myths = [
      "its input: the optimum moves to one layer per segment."),
     ("saves 30-50% (再省 30-50%)",
      f"Of activations: {1 - per_layer_plan.peak_bytes / plain.peak_bytes:.0%} here (per-layer plan). Of a whole "
-     f"Adam step's peak on this model: {1 - step_ckpt / step_plain:.0%}. Of LLaMA-7B full fine-tuning "
-     f"(s=2048, b=1, fp32 Adam): {(llama_acts - llama_kept) / (llama_acts + llama_states):.0%}, because the "
-     f"{llama_states / 1e9:.0f} GB of model states stay. The share depends on what dominates."),
+     f"Adam step's peak on this model: {1 - step_ckpt / step_plain:.0%}. Of LLaMA-7B full fine-tuning's peak "
+     "(s=2048, fp32 Adam, the estimator): "
+     + ", ".join(f"b={b}: {p / 1e9:.0f} -> {c / 1e9:.0f} GB ({1 - c / p:.0%})" for b, (p, c, _) in llama_saving.items())
+     + f". At b=1 the peak is in the {llama_saving[1][2]}, where no activation is left to save. The share "
+     "depends on what dominates."),
     ("use it when memory runs short (显存不够时)",
      "When activations are what runs short: long sequences, big batches, many layers. It does nothing for "
-     "weights, gradients or optimizer state (LoRA, mixed precision and sharding do)."),
+     "weights, gradients or optimizer state (LoRA, a 16- or 4-bit frozen base, 8-bit optimizer state and "
+     "sharding do; mixed precision does not, chapter 0)."),
 ]
 display(Markdown("| claim (seed) | measured here |\n|---|---|\n" + "\n".join(f"| {c} | {m} |" for c, m in myths)))
 

@@ -340,9 +340,10 @@ class ScratchScaler:
 # %% [markdown]
 # `unscale_` multiplies every gradient by 1/S, in place, and records whether any is inf or NaN. The
 # `torch._foreach_*` ops do it for all tensors in one call each: `_foreach_norm(grads, inf)` gives max |g|
-# per tensor (inf for inf, NaN for NaN, never an overflow for finite values). (The library uses the L2 norm
-# instead, which is NaN or inf exactly when max |g| is, or when it overflows, re-checked then: on CPU
-# `_foreach_norm` with `inf` takes a slow path, about 100x slower in `benchmarks/loss_scaling.py`'s runs.)
+# per tensor (inf for inf, NaN for NaN, never an overflow for finite values). (The library does both jobs
+# in one pass with the fused kernel GradScaler itself calls, `torch._amp_foreach_non_finite_check_and_unscale_`;
+# only where a torch build lacks it does it fall back to the L2 norm, which is NaN or inf exactly when max |g|
+# is, or when it overflows, re-checked then: on CPU `_foreach_norm` with `inf` takes a slow path.)
 
 # %%
 @add_to_class(ScratchScaler)

@@ -367,8 +367,11 @@ for attempt in [
 # | | `scheduler.step()`; `optimizer.zero_grad()` |
 #
 # Every micro-batch must be scaled by the **same** factor, so `.grad` holds one consistently scaled sum;
-# updating the scale mid-window would mix two scales (a real `GradScaler` refuses: it raises). Unscale
-# once, then clip the true gradient. We use `torch.amp.GradScaler("cpu")` and log its calls:
+# updating the scale mid-window would mix two scales (a real `GradScaler` refuses `update()` without a
+# `step()`: it raises). But it does **not** catch the commoner slip, `step()` and `update()` after every
+# micro-batch: that runs without a word and quietly turns accumulation off (k optimizer steps per window,
+# shown below). Unscale once, then clip the true gradient. We use `torch.amp.GradScaler("cpu")` and log its
+# calls:
 
 # %%
 class LoggingScaler(torch.amp.GradScaler):
@@ -440,6 +443,17 @@ try:                                    # the classic mistake: update the scale 
     bad.update()
 except AssertionError as error:
     print("scaler.update() mid-window -> AssertionError:", error)
+# ... but step() and update() after every micro-batch raise nothing: they silently turn accumulation off.
+silent, silent_scaler = copy.deepcopy(model), torch.amp.GradScaler("cpu")
+silent_opt = torch.optim.SGD(silent.parameters(), lr=0.1)
+steps_taken = 0
+for x, y in micro_batches:
+    silent_scaler.scale(language_model_loss(silent(x), y) / len(micro_batches)).backward()
+    steps_taken += silent_scaler.step(silent_opt) is None   # GradScaler returns optimizer.step()'s None
+    silent_scaler.update()
+    silent_opt.zero_grad()
+print(f"scaler.step() + update() after every micro-batch -> no error; optimizer steps in one window: {steps_taken} "
+      f"(instead of 1)")
 
 # %% [markdown]
 # **A learning-rate schedule counts optimizer steps.** A warm-up over 8 steps, stepped once per window,
@@ -554,7 +568,8 @@ plt.show()
 # %% [markdown]
 # Activations shrink with the micro-batch; weights, gradients and AdamW state do not move. So accumulation
 # rescues you when **activations** are the problem, never when the model and its optimizer state alone do
-# not fit (that is LoRA's and mixed precision's job). Time per effective batch grows as micro-batches get
+# not fit (that is the job of LoRA, a 16- or 4-bit frozen base, 8-bit optimizer state or sharding; mixed
+# precision keeps the fp32 model states, chapter 0). Time per effective batch grows as micro-batches get
 # small: each one pays the per-step overhead (Python, kernel launches) and uses the hardware less well.
 #
 # **Play with it.** The slider trades micro-batch size against accumulation steps at this fixed effective
