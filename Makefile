@@ -28,8 +28,9 @@ test-fast: setup
 
 # Course developers and CI: every chapter's widgets in JupyterLab in headless Chromium. Needs Debian's
 # `chromium` (apt-get install chromium; .ci/run installs it); the dev extra brings the Python driver only.
+CHROMIUM ?= /usr/bin/chromium
 check-widgets: $(VENV)/.installed-dev
-	$(PYTHON_BIN) scripts/check_widgets_in_browser.py --out $(BUILD)/browser
+	$(PYTHON_BIN) scripts/check_widgets_in_browser.py --chromium $(CHROMIUM) --out $(BUILD)/browser
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PYTHON_BIN) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
