@@ -693,14 +693,16 @@ CLOSE_CURRENT = """async () => {
 def open_notebook(page, url: str, name: str, fresh: bool) -> None:
     """Open `name` in the lab: by loading the page the first time (or after a broken run), else
     through the running lab's document manager, which saves reloading JupyterLab itself."""
-    if fresh:
-        page.goto(f"{url}/lab/tree/{name}", wait_until="domcontentloaded")
-    else:
-        page.evaluate("n => window.jupyterapp.commands.execute('docmanager:open', {path: n})", name)
+    if fresh:  # ?reset: no notebook from an earlier (broken) run is restored next to this one
+        page.goto(f"{url}/lab/tree/{name}?reset", wait_until="domcontentloaded")
+    else:  # (returns nothing: the opened widget itself cannot be sent back to Python)
+        page.evaluate("async n => { await window.jupyterapp.commands.execute('docmanager:open', {path: n}); }",
+                      name)
     page.wait_for_function(OPEN_WAIT, arg=name, timeout=60_000)
     page.evaluate(JS_HELPERS)
     page.wait_for_function("() => window.__eff.kernelStatus() === 'idle'", timeout=60_000)
-    page.locator(".jp-Notebook").first.wait_for(timeout=30_000)
+    page.wait_for_function("() => window.__eff.panel().isVisible && window.__eff.nb().node.offsetParent !== null",
+                           timeout=30_000)
 
 
 def check_notebook(page, url: str, name: str, fresh: bool, args, out: Path, report: Report,
