@@ -7,7 +7,7 @@ TEST_ENV := MPLCONFIGDIR=$(BUILD)/mpl IPYTHONDIR=$(BUILD)/ipython JUPYTER_CONFIG
 	JUPYTER_DATA_DIR=$(BUILD)/jupyter/data JUPYTER_RUNTIME_DIR=$(BUILD)/jupyter/runtime HF_HOME=$(BUILD)/hf \
 	EFFTRAIN_DRILL_PROGRESS=$(BUILD)/drill_progress.json KINETO_LOG_LEVEL=6 EFFTRAIN_LIVEPLOT=static PYTHONHASHSEED=0
 
-.PHONY: setup lab test test-fast benchmarks clean
+.PHONY: setup lab test test-fast check-widgets benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,16 @@ test: setup
 # The library and graders only, without executing the notebooks.
 test-fast: setup
 	$(TEST_ENV) $(PYTHON_BIN) -m pytest tests -p no:cacheprovider
+
+# Course developers and CI: every chapter's widgets in JupyterLab in headless Chromium. Needs Debian's
+# `chromium` (apt-get install chromium; .ci/run installs it); the dev extra brings the Python driver only.
+CHROMIUM ?= /usr/bin/chromium
+check-widgets: $(VENV)/.installed-dev
+	$(PYTHON_BIN) scripts/check_widgets_in_browser.py --chromium $(CHROMIUM) --out $(BUILD)/browser
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PYTHON_BIN) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $@
 
 benchmarks: setup
 	for b in benchmarks/*.py; do $(TEST_ENV) $(PYTHON_BIN) $$b || exit 1; done

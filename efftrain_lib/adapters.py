@@ -12,11 +12,21 @@ The "base_model.model." prefix is PeftModel's wrapping (PeftModel.base_model is 
 .model is the original); PEFT strips the adapter name ("default") when saving. Only plain LoRA,
 rsLoRA and DoRA on Linear layers are supported; other PEFT features are refused with a clear error
 rather than loaded wrongly.
+
+A received adapter is untrusted input: a file that is not JSON or not safetensors gets an error that
+names the file, and a target_modules regex (PEFT matches a string with re.fullmatch against every
+module name) is bounded before this process runs it: at most MAX_PATTERN_CHARS characters, and
+matching it against the model's module names must finish within MATCH_TIMEOUT_S seconds in a child
+process, killed at the limit. Python's re has no timeout, and a pattern such as `(.*)*@` takes
+seconds per name (measured: 5 s for one 25-character name), so loading would otherwise hang.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -24,13 +34,17 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from .lora import LoRALinear, adapter_tensors, apply_lora, lora_layers, matching_module_names
+from .lora import ALL_LINEAR, LoRALinear, adapter_tensors, apply_lora, lora_layers, matching_module_names
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "load_adapter", "save_adapter"]
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "MATCH_TIMEOUT_S", "MAX_PATTERN_CHARS", "load_adapter", "save_adapter"]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+# Bounds on a received target_modules regex (see the module docstring). Real ones are far shorter and
+# match a model's names in microseconds; the child process itself starts in well under a second.
+MAX_PATTERN_CHARS = 1024
+MATCH_TIMEOUT_S = 5.0
 
 # Our attribute -> the suffix PEFT gives that tensor on disk.
 _DISK_SUFFIX = {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight", "magnitude": "lora_magnitude_vector"}
@@ -187,7 +201,12 @@ def _read_config(directory: Path) -> dict:
     path = directory / ADAPTER_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"No {ADAPTER_CONFIG} in {directory}: not a PEFT adapter directory.")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); expected PEFT's adapter_config.json.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}; expected an object (PEFT's adapter_config.json).")
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{path}: peft_type is {config.get('peft_type')!r}; only 'LORA' adapters can be loaded.")
     for key in ("r", "lora_alpha", "target_modules"):
@@ -201,6 +220,30 @@ def _read_config(directory: Path) -> dict:
                 f"(supported: {key}={default!r}). Load this adapter with peft.PeftModel.from_pretrained."
             )
     return config
+
+
+def _check_pattern_is_bounded(path: Path, model: nn.Module, pattern) -> None:
+    """A regex target_modules must be short and match this model's names in bounded time (see the top)."""
+    if not isinstance(pattern, str) or pattern.lower() == ALL_LINEAR:
+        return  # a list of names is compared with == and endswith, never run as a regex
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ValueError(f"{path}: target_modules is a regex of {len(pattern)} characters; at most "
+                         f"{MAX_PATTERN_CHARS} are accepted (list the module names instead).")
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise ValueError(f"{path}: target_modules {pattern!r} is not a valid regex: {error}.") from None
+    names = [name for name, _ in model.named_modules() if name]
+    child = "import json, re, sys; p, names = json.load(sys.stdin); [re.fullmatch(p, n) for n in names]"
+    try:
+        subprocess.run([sys.executable, "-I", "-c", child], input=json.dumps([pattern, names]), text=True,
+                       capture_output=True, timeout=MATCH_TIMEOUT_S, check=True)
+    except subprocess.TimeoutExpired:
+        raise ValueError(
+            f"{path}: matching target_modules {pattern!r} against this model's {len(names)} module names did not "
+            f"finish within {MATCH_TIMEOUT_S:g} s, so it is refused: a regex with nested repetition such as "
+            "(a+)+ or (.*)* backtracks exponentially. Use a plain regex or a list of module names."
+        ) from None
 
 
 def _is_default(value, default) -> bool:
@@ -274,8 +317,12 @@ def load_adapter(model: nn.Module, directory: Union[str, Path]) -> nn.Module:
     weights_path = directory / ADAPTER_WEIGHTS
     if not weights_path.is_file():
         raise FileNotFoundError(f"No {ADAPTER_WEIGHTS} in {directory} (only safetensors adapters are supported).")
-    weights = load_file(str(weights_path))
+    try:
+        weights = load_file(str(weights_path))
+    except Exception as error:  # safetensors raises its own SafetensorError, which names no file
+        raise ValueError(f"{weights_path} is not a readable safetensors file ({type(error).__name__}: {error}).") from None
     target_modules = config["target_modules"]
+    _check_pattern_is_bounded(directory / ADAPTER_CONFIG, model, target_modules)
     targets = matching_module_names(model, target_modules)
     if not targets:
         # apply_lora below would say the same; this way the message names the adapter too.

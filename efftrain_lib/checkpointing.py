@@ -3,7 +3,7 @@
 Checkpointing trades compute for memory: run a function without keeping what its backward would
 need, keep only its inputs, and run it again (with grad enabled) when backward reaches it.
 
-    out = checkpoint(block, x)                        # like torch.utils.checkpoint(block, x, use_reentrant=False)
+    out = checkpoint(block, x)                        # torch.utils.checkpoint(block, x, use_reentrant=False)'s gradients
     out = checkpoint_sequential(blocks, 4, x)         # same split as torch's: the last segment runs normally
     enable_checkpointing(model, every=4)              # TinyTransformer: checkpoint every 4 decoder layers
     enable_checkpointing(model, policy="attention")   # selective: only the attention sub-block of each layer
@@ -22,7 +22,28 @@ inner `torch.autograd.backward` in backward), made correct step by step:
   gradient are back-propagated;
 * the RNG state (CPU, and CUDA for the devices of the tensor arguments) is stashed in forward and
   restored inside `torch.random.fork_rng` for the recompute, so dropout draws the same mask and
-  the caller's RNG stream is left as it was; the autocast state is replayed.
+  the caller's RNG stream is left as it was; the autocast state is replayed;
+* a function that changes one of its tensor inputs in place (a frozen embedding's output under LoRA,
+  `x.mul_(2)`): the recompute would start from the changed values and give wrong gradients, so
+  backward raises instead, naming the argument (version counters, `tensor._version`, compared before
+  and after the forward). torch's non-reentrant mode refuses it too: it saves its inputs as autograd
+  saved tensors (`_CheckpointFrame.save_inputs` -> `torch._C._autograd._make_saved_tensor`), and
+  backward raises autograd's "one of the variables needed for gradient computation has been modified
+  by an inplace operation: [...] is at version 1; expected version 0 instead" (torch 2.13,
+  torch/utils/checkpoint.py); its reentrant mode, like this module before, gives silently wrong
+  gradients when the changed input does not require grad (x2 for `frozen.mul_(2)`, measured in
+  tests/test_checkpointing.py). A change after the checkpoint returns, before backward, is caught by
+  autograd itself (the saved inputs' versions).
+
+Reentrant semantics, exactly: the gradients equal those of torch's use_reentrant=False (and of no
+checkpoint at all), but they arrive the reentrant way. backward runs an inner `torch.autograd.backward`
+over the recomputed segment, which accumulates straight into the `.grad` of the parameters inside; the
+outer backward delivers the rest. A parameter used both inside and outside a checkpoint (or in two
+checkpoints) therefore gets its gradient in pieces: every tensor hook (`register_hook`) and
+post-accumulate-grad hook on it fires once per piece (twice for inside + outside), as with
+use_reentrant=True, where use_reentrant=False fires once with the sum. `.grad` ends up the same; code that
+expects one hook call per parameter per backward (gradient bucketing as in DDP, clipping or compressing
+in a hook, counting calls) sees partial gradients. tests/test_checkpointing.py measures all three.
 
 Limits, stated: tensors nested inside lists or dicts are treated as constants (no gradient flows
 to them), as torch's reentrant mode does; `torch.autograd.grad` through a checkpoint is refused
@@ -134,6 +155,20 @@ class _Call:
         return self.fn(*values[: self.n_args], **dict(zip(self.keys, values[self.n_args :])))
 
 
+def _changed_in_place_message(call: _Call, changed: list[tuple[int, int, int]]) -> str:
+    def name(index: int) -> str:
+        slot = call.slots[index]
+        return f"argument {slot}" if slot < call.n_args else f"keyword argument {call.keys[slot - call.n_args]!r}"
+
+    which = ", ".join(f"{name(i)} (version {before} -> {after})" for i, before, after in changed)
+    return (
+        f"checkpoint: {getattr(call.fn, '__name__', type(call.fn).__name__)} changed its tensor input in place "
+        f"during the forward: {which}. The recompute in backward would start from the changed values and give "
+        "wrong gradients. Change a copy inside the function (x = x.clone() before the in-place op), or make the "
+        "change outside the checkpoint. (torch.utils.checkpoint with use_reentrant=False refuses this too.)"
+    )
+
+
 def _check_outputs(outputs, fn) -> None:
     if isinstance(outputs, torch.Tensor):
         return
@@ -159,8 +194,11 @@ class CheckpointFunction(torch.autograd.Function):
             ctx.cuda_devices, ctx.cuda_rng = _cuda_rng_states(tensors)
         ctx.input_requires_grad = [t.requires_grad for t in tensors]
         ctx.save_for_backward(*tensors)  # through autograd: freed after backward, version-checked
+        versions = [t._version for t in tensors]  # save_for_backward records the versions after forward
         with torch.no_grad():  # the point of it all: no graph, nothing saved inside fn
             outputs = call(tensors)
+        ctx.changed_in_place = [(i, v, t._version) for i, (t, v) in enumerate(zip(tensors, versions))
+                                if t._version != v]
         _check_outputs(outputs, call.fn)
         return outputs
 
@@ -169,6 +207,8 @@ class CheckpointFunction(torch.autograd.Function):
         is_valid = getattr(torch.autograd, "_is_checkpoint_valid", lambda: True)
         if not is_valid():
             raise RuntimeError(_AUTOGRAD_GRAD)
+        if ctx.changed_in_place:
+            raise RuntimeError(_changed_in_place_message(ctx.call, ctx.changed_in_place))
         try:
             saved = ctx.saved_tensors
         except RuntimeError as error:

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import math
 import struct
+import warnings
+from collections.abc import Iterable
 from typing import Callable
 
 import torch
@@ -61,6 +63,66 @@ def _check_number(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     return float(value)
+
+
+def _check_growth_factor(value) -> float:
+    value = _check_number("growth_factor", value)
+    if not (math.isfinite(value) and value > 1.0):
+        raise ValueError(f"growth_factor must be > 1 (the scale has to grow back after a backoff), got {value!r}")
+    return value
+
+
+def _check_backoff_factor(value) -> float:
+    value = _check_number("backoff_factor", value)
+    if not (0.0 < value < 1.0):
+        raise ValueError(f"backoff_factor must be in (0, 1) (an overflow has to lower the scale), got {value!r}")
+    return value
+
+
+def _check_growth_interval(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"growth_interval must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _check_scale(name: str, value) -> float:
+    """A finite positive number (or, as GradScaler.update accepts, a 1-element float tensor), as an fp32 value."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point() or value.requires_grad:
+            raise ValueError(f"{name} must be a number or a 1-element floating-point tensor with requires_grad=False, "
+                             f"got a {value.dtype} tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    value = _check_number(name, value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if not math.isfinite(to_fp32(value)) or to_fp32(value) == 0:
+        raise ValueError(f"{name} {value!r} is not representable in fp32 (the scale is kept in fp32)")
+    return to_fp32(value)
+
+
+def _check_device(device) -> str | None:
+    """GradScaler's first argument: a device type ("cuda", "cpu", ...); None: wherever the gradients are."""
+    if device is None:
+        return None
+    if isinstance(device, (int, float)) and not isinstance(device, bool):
+        raise TypeError(f"LossScaler's first argument is the device, as torch.amp.GradScaler's (\"cuda\", \"cpu\"), "
+                        f"got the number {device!r}: pass init_scale={device!r} by keyword")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a device type such as \"cuda\" or \"cpu\", got {type(device).__name__}")
+    try:
+        return torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"device must be a device type such as \"cuda\" or \"cpu\", got {device!r} ({error})") from None
+
+
+def _underflow_message(steps: int, scale: float, backoff_factor: float) -> str:
+    return (
+        f"the loss scale underflowed to 0 after {steps} consecutive steps with inf/NaN gradients (each backoff "
+        f"multiplied it by {backoff_factor:g}, down to {scale:g}; one more gives 0 in fp32, and unscaling would "
+        "divide by 0). Gradients that stay inf/NaN at every scale mean the loss itself (or the model's output or "
+        "weights) is NaN/inf: loss scaling cannot fix that. Check torch.isfinite(loss) before backward, and find "
+        "where the NaN/inf comes from (torch.autograd.detect_anomaly() names the operation)."
+    )
 
 
 def _any_non_finite(grads: list[torch.Tensor]) -> bool:
@@ -109,33 +171,74 @@ class LossScaler:
 
     enabled=False turns every method into a pass-through (scale(loss) returns loss, step() always steps),
     so one training loop serves fp32, bf16 and fp16.
+
+    GradScaler's whole public interface, so code written for it runs on this one (tests/test_precision.py
+    compares the names and signatures): the constructor's arguments in GradScaler's order (device first:
+    `LossScaler("cuda", init_scale=1024.0)`; device=None, the default, means wherever the gradients are,
+    and "cuda" without CUDA warns and disables the scaler, as GradScaler does), scale, unscale_, step,
+    update (new_scale may be a number or a 1-element tensor), get_scale, is_enabled,
+    get_/set_growth_factor, get_/set_backoff_factor, get_/set_growth_interval, state_dict,
+    load_state_dict (a no-op on a disabled scaler, as GradScaler). Where it differs, it says why:
+
+    * arguments and setters are validated (GradScaler asserts only growth_factor > 1 and
+      backoff_factor < 1, and not in its setters);
+    * step() returns True if the optimizer stepped, False if it skipped (GradScaler returns
+      optimizer.step()'s value, or None when it skipped);
+    * set_growth_interval below the count of consecutive finite steps restarts the count at 0
+      (GradScaler's kernel compares the count with == growth_interval, so its scale would never grow
+      again until an overflow resets the count);
+    * a loss that is NaN/inf at every step: each step backs the scale off, and from the defaults the 166th
+      consecutive non-finite step would take it to 0 in fp32. This scaler then raises a RuntimeError
+      that names the cause (the loss itself is NaN/inf; scaling cannot fix it). torch.amp.GradScaler
+      (torch 2.13, measured in tests/test_precision.py) raises nothing: its scale stays 0 for good
+      (growing 0 gives 0), every step unscales by 1/0 = inf; while the loss stays NaN every step is
+      skipped silently, and once the loss is finite again its zero gradients times inf are NaN, which
+      its inf/NaN check (made before unscaling) does not see: the optimizer steps, and the weights
+      become NaN.
     """
 
-    def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
-                 growth_interval: int = 2000, enabled: bool = True):
-        init_scale = _check_number("init_scale", init_scale)
-        growth_factor = _check_number("growth_factor", growth_factor)
-        backoff_factor = _check_number("backoff_factor", backoff_factor)
-        if not math.isfinite(init_scale) or init_scale <= 0:
-            raise ValueError(f"init_scale must be a finite number > 0, got {init_scale!r}")
-        if not math.isfinite(to_fp32(init_scale)) or to_fp32(init_scale) == 0:
-            raise ValueError(f"init_scale {init_scale!r} is not representable in fp32 (the scale is kept in fp32)")
-        if not (math.isfinite(growth_factor) and growth_factor > 1.0):
-            raise ValueError(f"growth_factor must be > 1 (the scale has to grow back after a backoff), "
-                             f"got {growth_factor!r}")
-        if not (0.0 < backoff_factor < 1.0):
-            raise ValueError(f"backoff_factor must be in (0, 1) (an overflow has to lower the scale), "
-                             f"got {backoff_factor!r}")
-        if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) or growth_interval < 1:
-            raise ValueError(f"growth_interval must be an integer >= 1, got {growth_interval!r}")
+    def __init__(self, device: str | torch.device | None = None, init_scale: float = 2.0**16,
+                 growth_factor: float = 2.0, backoff_factor: float = 0.5, growth_interval: int = 2000,
+                 enabled: bool = True):
+        self.device = _check_device(device)
+        self._scale = _check_scale("init_scale", _check_number("init_scale", init_scale))
+        self.growth_factor = _check_growth_factor(growth_factor)
+        self.backoff_factor = _check_backoff_factor(backoff_factor)
+        self.growth_interval = _check_growth_interval(growth_interval)
         self.enabled = bool(enabled)
-        self._scale = to_fp32(init_scale)
-        self.growth_factor = growth_factor
-        self.backoff_factor = backoff_factor
-        self.growth_interval = growth_interval
+        if self.enabled and self.device == "cuda" and not torch.cuda.is_available():
+            warnings.warn("LossScaler is enabled, but CUDA is not available.  Disabling. (as torch.amp.GradScaler"
+                          "(\"cuda\") does; pass device=\"cpu\" or None to scale on the CPU)", stacklevel=2)
+            self.enabled = False
         self._growth_tracker = 0
+        self._nonfinite_steps = 0  # consecutive updates that found inf/NaN: names an underflow's cause
         self._per_optimizer: dict[int, dict] = {}
         self._scale_tensors: dict[torch.device, tuple[float, torch.Tensor]] = {}
+
+    # -- GradScaler's getters and setters ---------------------------------------------------------
+
+    def is_enabled(self) -> bool:
+        return self.enabled
+
+    def get_growth_factor(self) -> float:
+        return self.growth_factor
+
+    def set_growth_factor(self, new_factor: float) -> None:
+        self.growth_factor = _check_growth_factor(new_factor)
+
+    def get_backoff_factor(self) -> float:
+        return self.backoff_factor
+
+    def set_backoff_factor(self, new_factor: float) -> None:
+        self.backoff_factor = _check_backoff_factor(new_factor)
+
+    def get_growth_interval(self) -> int:
+        return self.growth_interval
+
+    def set_growth_interval(self, new_interval: int) -> None:
+        self.growth_interval = _check_growth_interval(new_interval)
+        if self._growth_tracker >= self.growth_interval:
+            self._growth_tracker = 0  # the count could never equal the interval again
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -164,13 +267,16 @@ class LossScaler:
         return tensor
 
     def scale(self, outputs):
-        """outputs * scale: a tensor, or a (nested) list/tuple of tensors."""
+        """outputs * scale: a tensor, or a (nested) list/tuple of tensors (another iterable: a lazy map, as
+        GradScaler returns)."""
         if not self.enabled:
             return outputs
         if isinstance(outputs, torch.Tensor):
             return outputs * self._scale_on(outputs.device)
         if isinstance(outputs, (list, tuple)):
             return type(outputs)(self.scale(o) for o in outputs)
+        if isinstance(outputs, Iterable) and not isinstance(outputs, (str, bytes, dict)):
+            return map(self.scale, outputs)
         raise ValueError(f"scale() takes a tensor or a list/tuple of tensors, got {type(outputs).__name__}")
 
     # -- unscale_ ---------------------------------------------------------------------------------
@@ -254,19 +360,22 @@ class LossScaler:
         if not self.enabled:
             return
         if new_scale is not None:
-            new_scale = _check_number("new_scale", new_scale)
-            if not math.isfinite(new_scale) or new_scale <= 0:
-                raise ValueError(f"new_scale must be a finite number > 0, got {new_scale!r}")
-            self._scale = to_fp32(new_scale)
+            self._scale = _check_scale("new_scale", new_scale)
         else:
             found = [s["found_inf"] for s in self._per_optimizer.values() if s["found_inf"] is not None]
             if not found:
                 raise RuntimeError("No inf checks were recorded prior to update(): call step(optimizer) "
                                    "(or unscale_) first")
             if any(found):
-                self._scale = to_fp32(self._scale * self.backoff_factor)
+                self._nonfinite_steps += 1
+                backed_off = to_fp32(self._scale * self.backoff_factor)
+                if backed_off == 0.0:  # GradScaler goes on at 0 (see the class docstring): say why instead
+                    self._per_optimizer.clear()
+                    raise RuntimeError(_underflow_message(self._nonfinite_steps, self._scale, self.backoff_factor))
+                self._scale = backed_off
                 self._growth_tracker = 0
             else:
+                self._nonfinite_steps = 0
                 self._growth_tracker += 1  # one more *consecutive* finite step
                 if self._growth_tracker == self.growth_interval:
                     grown = to_fp32(self._scale * self.growth_factor)
@@ -285,9 +394,9 @@ class LossScaler:
                 "growth_interval": self.growth_interval, "_growth_tracker": self._growth_tracker}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Resume from our state_dict() or from torch.amp.GradScaler's."""
+        """Resume from our state_dict() or from torch.amp.GradScaler's (a no-op when disabled, as GradScaler)."""
         if not self.enabled:
-            raise RuntimeError("load_state_dict() on a disabled LossScaler")
+            return
         if not isinstance(state_dict, dict) or not state_dict:
             raise ValueError("the state_dict is empty: was it saved from a disabled scaler?")
         missing = [k for k in STATE_KEYS if k not in state_dict]
@@ -297,14 +406,16 @@ class LossScaler:
         tracker = int(tracker.item() if isinstance(tracker, torch.Tensor) else tracker)
         scale = state_dict["scale"]
         scale = float(scale.item() if isinstance(scale, torch.Tensor) else scale)
-        checked = LossScaler(scale, state_dict["growth_factor"], state_dict["backoff_factor"],
-                             state_dict["growth_interval"])  # validates every value
+        checked = LossScaler(init_scale=scale, growth_factor=state_dict["growth_factor"],
+                             backoff_factor=state_dict["backoff_factor"],
+                             growth_interval=state_dict["growth_interval"])  # validates every value
         if not 0 <= tracker < checked.growth_interval:
             raise ValueError(f"_growth_tracker {tracker} is outside [0, growth_interval={checked.growth_interval})")
         self._scale = checked._scale
         self.growth_factor, self.backoff_factor = checked.growth_factor, checked.backoff_factor
         self.growth_interval = checked.growth_interval
         self._growth_tracker = tracker
+        self._nonfinite_steps = 0
         self._per_optimizer.clear()
 
 

@@ -12,15 +12,17 @@ bars draw and respond in JupyterLab.
 several; the default is all five chapters. --matplotlib widget runs each copy with `%matplotlib
 widget` (ipympl) first, as a learner may.
 
-Needs (dev only, not in pyproject):
+Needs (for course developers and CI; `make check-widgets` installs the second, .ci/run both):
     apt-get install -y chromium              # Debian's package; the script never downloads a browser
-    .venv/bin/pip install playwright         # the Python driver only; do NOT run `playwright install`
+    .venv/bin/pip install -e ".[dev]"        # the playwright driver only; do NOT run `playwright install`
 Use --chromium PATH for another Chromium/Chrome binary (default /usr/bin/chromium).
 
-What it does, per notebook: copies it into a temporary directory (so nothing in the checkout is saved
-or touched), starts `jupyter lab` on 127.0.0.1 with a free port, no token and every Jupyter/IPython/
-matplotlib state directory plus EFFTRAIN_DRILL_PROGRESS inside the temporary directory, opens the
-notebook, clears and runs all cells, waits for the kernel to be idle, then checks:
+What it does: copies the notebooks into a temporary directory (so nothing in the checkout is saved or
+touched), starts one `jupyter lab` on 127.0.0.1 with a free port, no token and every Jupyter/IPython/
+matplotlib state directory plus EFFTRAIN_DRILL_PROGRESS (one progress file, as a learner has) inside
+the temporary directory, and one headless Chromium page. Then, per notebook, in its own kernel: opens
+it, clears and runs all cells, waits for the kernel to be idle, checks the following, and shuts the
+kernel down before the next:
 
   explorers         every cell whose output is a widget with controls (found, not listed here): it
                     draws; changing each control (a slider by one arrow-key step, a dropdown to another
@@ -37,9 +39,11 @@ notebook, clears and runs all cells, waits for the kernel to be idle, then check
                     course's notebooks are meant to be free of stderr noise); no widget errors in the
                     browser console
 
-One PASS/FAIL line per check and a summary per notebook; exit status 1 if any check fails.
+One PASS/FAIL line per check, a summary per notebook and a last line "widgets: N passed, M failed";
+exit status 1 if any check fails (`make check-widgets` runs it; .ci/run runs that after the tests).
 Screenshots go to --out/<notebook>/ (default: a new temporary directory, printed at the end). All
-five take about 5 minutes on 2 CPU cores (each notebook's own run time plus about 20 s).
+five take about 5 minutes on 2 idle CPU cores: each notebook's own run time, its widget checks, and
+about 20 s once to start the lab and the browser.
 """
 
 from __future__ import annotations
@@ -663,23 +667,102 @@ def notebook_path(name: str) -> Path:
     return REPO / "notebooks" / chapter.notebook
 
 
-def check_notebook(notebook: Path, args, jupyter: Path, out: Path, report: Report) -> None:
-    """One notebook in a fresh JupyterLab (its own temporary directory, kernel and progress file)."""
+def prepare_root(notebooks: list[Path], args) -> tuple[Path, Path]:
+    """A temporary directory holding a copy of each notebook (so nothing in the checkout is saved or
+    touched); returns (the temporary directory, the notebooks' folder inside it)."""
     tmp = Path(tempfile.mkdtemp(prefix="efftrain-browser-"))
     root = tmp / "work"
     root.mkdir()
-    shutil.copy2(notebook, root / notebook.name)
-    if args.matplotlib == "widget":
-        nb = json.loads((root / notebook.name).read_text())
-        nb["cells"].insert(0, {"cell_type": "code", "execution_count": None, "id": "efftrain-ipympl",
-                               "metadata": {}, "outputs": [], "source": ["%matplotlib widget"]})
-        (root / notebook.name).write_text(json.dumps(nb))
+    for notebook in notebooks:
+        shutil.copy2(notebook, root / notebook.name)
+        if args.matplotlib == "widget":
+            nb = json.loads((root / notebook.name).read_text())
+            nb["cells"].insert(0, {"cell_type": "code", "execution_count": None, "id": "efftrain-ipympl",
+                                   "metadata": {}, "outputs": [], "source": ["%matplotlib widget"]})
+            (root / notebook.name).write_text(json.dumps(nb))
+    return tmp, root
+
+
+OPEN_WAIT = ("n => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+             " return !!(w && w.sessionContext && w.context && w.context.path === n); }")
+# Shut the current notebook's kernel down and drop its tab without the "save changes?" dialog.
+CLOSE_CURRENT = """async () => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    if (!panel || !panel.sessionContext) return;
+    await panel.sessionContext.shutdown();
+    panel.context.model.dirty = false;
+    panel.dispose();
+}"""
+
+
+def open_notebook(page, url: str, name: str, fresh: bool) -> None:
+    """Open `name` in the lab: by loading the page the first time (or after a broken run), else
+    through the running lab's document manager, which saves reloading JupyterLab itself."""
+    if fresh:  # ?reset: no notebook from an earlier (broken) run is restored next to this one
+        page.goto(f"{url}/lab/tree/{name}?reset", wait_until="domcontentloaded")
+    else:  # (returns nothing: the opened widget itself cannot be sent back to Python)
+        page.evaluate("async n => { await window.jupyterapp.commands.execute('docmanager:open', {path: n}); }",
+                      name)
+    page.wait_for_function(OPEN_WAIT, arg=name, timeout=60_000)
+    page.evaluate(JS_HELPERS)
+    page.wait_for_function("() => window.__eff.kernelStatus() === 'idle'", timeout=60_000)
+    page.wait_for_function("() => window.__eff.panel().isVisible && window.__eff.nb().node.offsetParent !== null",
+                           timeout=30_000)
+
+
+def check_notebook(page, url: str, name: str, fresh: bool, args, out: Path, report: Report,
+                   progress_file: Path, console_errors: list[str]) -> None:
+    """Every check of one notebook, in the lab already running in `page` (its own kernel)."""
+    t0 = time.time()
+    open_notebook(page, url, name, fresh)
+    checker = Checker(page, out, report, progress_file)
+    checker.shot(page, "opened", outputs_only=False)
+    print(f"INFO  saved widget outputs before running: {checker.saved_widget_views()}", flush=True)
+    print(f"notebook open after {time.time() - t0:.0f} s; running all cells", flush=True)
+
+    seen = run_notebook(checker, args.run_timeout)
+    print(f"run-all finished={seen['done']} after {seen['seconds']:.0f} s", flush=True)
+    report.add("run-all completes and the kernel is idle", bool(seen["done"]) and seen["result"] is not False,
+               f"{seen['seconds']:.0f} s, result {seen['result']}" + (
+                   f", error {seen['error']}" if seen["error"] else ""))
+
+    # the live memory plot and tqdm bars (watched during the run), where the chapter has one
+    if seen["live_index"] < 0:
+        print("INFO  no LiveMemoryPlot(title=...) cell: live plot not checked", flush=True)
+    else:
+        _, live = checker.cell("LiveMemoryPlot(title=", "live")
+        final = checker.img_src(live)
+        checker.shot(live, "live_plot_final")
+        report.add("live plot: picture shown and redrawn during training",
+                   bool(final) and seen["live_pictures"] >= 2,
+                   f"{seen['live_pictures']} distinct pictures sent, final {digest(final)}")
+        report.add("live plot: tqdm progress bars render", seen["progress_bars"] > 0
+                   and not seen["live_bad"],
+                   f"up to {seen['progress_bars']} bars visible at once"
+                   + (f", saw {sorted(seen['live_bad'])}" if seen["live_bad"] else ""))
+
+    explorers = checker.explorer_cells()
+    print(f"INFO  explorers: {', '.join(f'{n} (cell {i})' for i, n in explorers) or 'none'}", flush=True)
+    for index, explorer in explorers:
+        checker.check_explorer(index, explorer, args.redraw_timeout)
+    checker.check_quiz()
+    checker.check_widgets_everywhere()
+    checker.check_errors()
+    widget_errors = [e for e in console_errors if "widget" in e.lower() or "model" in e.lower()]
+    report.add("browser console: no widget errors", not widget_errors, "; ".join(widget_errors[:3]))
+
+
+def check_notebooks(notebooks: list[Path], args, jupyter: Path, out: Path) -> dict[str, Report]:
+    """All notebooks in one JupyterLab and one browser page, one after the other, each with its own
+    kernel (shut down when its checks are done). Starting the lab and loading it in the browser cost
+    about 20 s each on 2 CPU cores; sharing them keeps that cost to once."""
+    from playwright.sync_api import sync_playwright
+
+    tmp, root = prepare_root(notebooks, args)
     settings_dir = tmp / "lab" / "user-settings"
     write_lab_settings(settings_dir)
     env = lab_environment(tmp)
-    from playwright.sync_api import sync_playwright
-
-    t0 = time.time()
+    reports: dict[str, Report] = {}
     proc, url = start_lab(jupyter, root, env, settings_dir, tmp / "lab.log")
     print(f"JupyterLab at {url} (log {tmp / 'lab.log'})", flush=True)
     try:
@@ -688,57 +771,29 @@ def check_notebook(notebook: Path, args, jupyter: Path, out: Path, report: Repor
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
             console_errors: list[str] = []
             page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-            page.goto(f"{url}/lab/tree/{notebook.name}", wait_until="domcontentloaded")
-            page.wait_for_function(
-                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                " && window.jupyterapp.shell.currentWidget.sessionContext", timeout=60_000)
-            page.evaluate(JS_HELPERS)
-            page.wait_for_function("() => window.__eff.kernelStatus() === 'idle'", timeout=60_000)
-            page.locator(".jp-Notebook").first.wait_for(timeout=30_000)
-            checker = Checker(page, out, report, Path(env["EFFTRAIN_DRILL_PROGRESS"]))
-            checker.shot(page, "opened", outputs_only=False)
-            print(f"INFO  saved widget outputs before running: {checker.saved_widget_views()}", flush=True)
-            print(f"notebook open after {time.time() - t0:.0f} s; running all cells", flush=True)
-
-            seen = run_notebook(checker, args.run_timeout)
-            print(f"run-all finished={seen['done']} after {seen['seconds']:.0f} s", flush=True)
-            report.add("run-all completes and the kernel is idle", bool(seen["done"]) and seen["result"] is not False,
-                       f"{seen['seconds']:.0f} s, result {seen['result']}" + (
-                           f", error {seen['error']}" if seen["error"] else ""))
-
-            # the live memory plot and tqdm bars (watched during the run), where the chapter has one
-            if seen["live_index"] < 0:
-                print("INFO  no LiveMemoryPlot(title=...) cell: live plot not checked", flush=True)
-            else:
-                _, live = checker.cell("LiveMemoryPlot(title=", "live")
-                final = checker.img_src(live)
-                checker.shot(live, "live_plot_final")
-                report.add("live plot: picture shown and redrawn during training",
-                           bool(final) and seen["live_pictures"] >= 2,
-                           f"{seen['live_pictures']} distinct pictures sent, final {digest(final)}")
-                report.add("live plot: tqdm progress bars render", seen["progress_bars"] > 0
-                           and not seen["live_bad"],
-                           f"up to {seen['progress_bars']} bars visible at once"
-                           + (f", saw {sorted(seen['live_bad'])}" if seen["live_bad"] else ""))
-
-            explorers = checker.explorer_cells()
-            print(f"INFO  explorers: {', '.join(f'{n} (cell {i})' for i, n in explorers) or 'none'}", flush=True)
-            for index, name in explorers:
-                checker.check_explorer(index, name, args.redraw_timeout)
-            checker.check_quiz()
-            checker.check_widgets_everywhere()
-            checker.check_errors()
-            widget_errors = [e for e in console_errors if "widget" in e.lower() or "model" in e.lower()]
-            report.add("browser console: no widget errors", not widget_errors, "; ".join(widget_errors[:3]))
+            fresh = True
+            for notebook in notebooks:
+                print(f"\n=== {notebook.name} ===", flush=True)
+                shots = out / notebook.stem
+                shots.mkdir(parents=True, exist_ok=True)
+                report = reports[notebook.stem] = Report()
+                console_errors.clear()
+                try:
+                    check_notebook(page, url, notebook.name, fresh, args, shots, report,
+                                   Path(env["EFFTRAIN_DRILL_PROGRESS"]), console_errors)
+                    page.evaluate(CLOSE_CURRENT)
+                    fresh = False
+                except Exception as e:  # the harness itself broke: say so, and reload the lab for the next
+                    report.add("harness", False, f"{type(e).__name__}: {e}")
+                    fresh = True
             browser.close()
-    except Exception as e:  # the harness itself broke: say so as a failed check
-        report.add("harness", False, f"{type(e).__name__}: {e}")
     finally:
         stop(proc)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"INFO  kept {tmp}", flush=True)
+    return reports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -772,22 +827,22 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve() if args.out else Path(tempfile.mkdtemp(prefix="efftrain-browser-shots-"))
 
     t0 = time.time()
-    reports: dict[str, Report] = {}
-    for notebook in notebooks:
-        print(f"\n=== {notebook.name} ===", flush=True)
-        shots = out / notebook.stem
-        shots.mkdir(parents=True, exist_ok=True)
-        report = reports[notebook.stem] = Report()
-        check_notebook(notebook, args, jupyter, shots, report)
+    try:
+        reports = check_notebooks(notebooks, args, jupyter, out)
+    except Exception as e:  # the lab or the browser did not start: one failed check that says why
+        reports = {"harness": Report()}
+        reports["harness"].add("JupyterLab and the browser start", False, f"{type(e).__name__}: {e}")
 
     print("\n=== summary ===")
-    total_failed = 0
+    total_passed = total_failed = 0
     for stem, report in reports.items():
         failed = [name for name, ok, _ in report.results if not ok]
-        total_failed += len(failed) + (not report.results)
+        total_failed += len(failed) + (not report.results)  # a notebook that checked nothing fails
+        total_passed += len(report.results) - len(failed)
         print(f"{'PASS' if report.ok else 'FAIL'}  {stem}: {len(report.results) - len(failed)} passed, "
               f"{len(failed)} failed" + (f" ({'; '.join(failed)})" if failed else ""))
     print(f"{len(reports)} notebooks in {time.time() - t0:.0f} s; screenshots in {out}")
+    print(f"widgets: {total_passed} passed, {total_failed} failed", flush=True)
     return 0 if total_failed == 0 else 1
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from efftrain_lib import adapters
 from efftrain_lib.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, save_adapter
 from efftrain_lib.lora import apply_lora, lora_layers, lora_parameters, merge_lora
 from efftrain_lib.models import TinyConfig, TinyTransformer
@@ -185,3 +186,71 @@ def test_load_into_a_model_that_already_has_lora(tmp_path):
     save_adapter(trained_lora(), tmp_path)
     with pytest.raises(ValueError, match="only once"):
         load_adapter(trained_lora(), tmp_path)
+
+
+# ------------------------------------------------------------------- received files are untrusted --
+def _rewrite_config(path, **change):
+    config = json.loads((path / ADAPTER_CONFIG).read_text())
+    config.update(change)
+    (path / ADAPTER_CONFIG).write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("content, words", [
+    (b'{"peft_type": "LORA", "r": 4,', "is not valid JSON"),
+    (b"\xff\xfe\x00garbage", "is not valid JSON"),
+    (b'["LORA"]', "holds a JSON list; expected an object"),
+])
+def test_a_corrupt_config_names_the_file(tmp_path, content, words):
+    save_adapter(trained_lora(), tmp_path)
+    (tmp_path / ADAPTER_CONFIG).write_bytes(content)
+    with pytest.raises(ValueError, match=f"{tmp_path / ADAPTER_CONFIG}.*{words}"):
+        load_adapter(tiny_model(), tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_corrupt_safetensors_file_names_the_file(tmp_path, damage):
+    save_adapter(trained_lora(), tmp_path)
+    path = tmp_path / ADAPTER_WEIGHTS
+    data = path.read_bytes()
+    path.write_bytes({"garbage": b"not a safetensors file" * 4, "truncated": data[:-10], "empty": b""}[damage])
+    model = tiny_model()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=f"{path} is not a readable safetensors file.*SafetensorError"):
+        load_adapter(model, tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model is untouched
+
+
+def test_a_regex_target_modules_still_loads(tmp_path):
+    model = trained_lora().eval()
+    save_adapter(model, tmp_path, target_modules=r"layers\.\d+\.self_attn\.(q|v)_proj")
+    assert torch.equal(load_adapter(tiny_model(), tmp_path).eval()(IDS), model(IDS))
+
+
+def test_an_over_long_regex_is_refused(tmp_path):
+    save_adapter(trained_lora(), tmp_path)
+    pattern = "|".join(f"layers\\.{i}\\.self_attn\\.q_proj" for i in range(60))
+    assert len(pattern) > adapters.MAX_PATTERN_CHARS
+    _rewrite_config(tmp_path, target_modules=pattern)
+    with pytest.raises(ValueError, match=rf"{ADAPTER_CONFIG}: target_modules is a regex of {len(pattern)} "
+                                         rf"characters; at most {adapters.MAX_PATTERN_CHARS}"):
+        load_adapter(tiny_model(), tmp_path)
+
+
+def test_an_invalid_regex_names_the_file(tmp_path):
+    save_adapter(trained_lora(), tmp_path)
+    _rewrite_config(tmp_path, target_modules="layers.(")
+    with pytest.raises(ValueError, match=f"{ADAPTER_CONFIG}: target_modules 'layers.\\(' is not a valid regex"):
+        load_adapter(tiny_model(), tmp_path)
+
+
+def test_a_pathological_regex_is_refused_instead_of_hanging(tmp_path, monkeypatch):
+    # (.*)*@ backtracks exponentially on every module name (5 s for one 25-character name, measured):
+    # loading would hang for minutes. The match runs in a child process killed at the limit.
+    monkeypatch.setattr(adapters, "MATCH_TIMEOUT_S", 1.0)
+    save_adapter(trained_lora(), tmp_path)
+    _rewrite_config(tmp_path, target_modules="(.*)*@")
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"target_modules '\(\.\*\)\*@' against this model's \d+ module names did "
+                                         r"not finish within 1 s.*nested repetition"):
+        load_adapter(model, tmp_path)
+    assert not lora_layers(model)

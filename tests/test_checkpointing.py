@@ -136,6 +136,89 @@ def test_frozen_inputs_still_give_parameter_gradients_unlike_reentrant_torch():
     assert not out.requires_grad  # the trap: the parameters inside are cut from the graph
 
 
+def _frozen_scaled(lin):
+    """A checkpointed body that changes an input that does not require grad in place (x2)."""
+
+    def body(h, frozen):
+        frozen.mul_(2)
+        return lin(h) * frozen
+
+    return body
+
+
+def test_an_input_changed_in_place_is_refused_where_reentrant_torch_gives_wrong_gradients():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4)
+    x, frozen = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4)
+
+    def grads(run):
+        lin.zero_grad(set_to_none=True)
+        x.grad = None
+        run(_frozen_scaled(lin), x, frozen.clone()).sum().backward()
+        return lin.weight.grad.clone(), x.grad.clone()
+
+    direct = grads(lambda f, *a: f(*a))
+    reentrant = grads(lambda f, *a: torch_checkpoint(f, *a, use_reentrant=True))
+    # torch's reentrant mode recomputes from the doubled input: every gradient is twice the true one.
+    assert all(torch.allclose(r, 2 * d) for r, d in zip(reentrant, direct))
+    version_error = "modified by an inplace operation.*is at version 1; expected version 0"
+    with pytest.raises(RuntimeError, match=version_error):
+        grads(lambda f, *a: torch_checkpoint(f, *a, use_reentrant=False))
+    caller_copy = frozen.clone()
+    out = checkpoint(_frozen_scaled(lin), x, frozen=caller_copy)
+    with pytest.raises(RuntimeError, match=r"changed its tensor input in place.*keyword argument 'frozen' "
+                                           r"\(version 0 -> 1\).*wrong gradients.*clone\(\)"):
+        out.sum().backward()
+    assert torch.equal(caller_copy, 2 * frozen)  # changed once by the forward, not again by a recompute
+
+
+def test_an_input_changed_in_place_after_the_checkpoint_is_caught_by_autograd():
+    lin = nn.Linear(4, 4)
+    h = torch.randn(3, 4, requires_grad=True) * 1  # not a leaf: it may change in place
+    out = checkpoint(lin, h)
+    with torch.no_grad():
+        h.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_in_place_changes_to_the_function_s_own_tensors_are_fine():
+    lin = nn.Linear(4, 4)
+    x = torch.randn(3, 4, requires_grad=True)
+
+    def body(h):
+        y = lin(h)
+        y.mul_(2)  # a tensor made inside: the recompute makes it again
+        return y
+
+    checkpoint(body, x).sum().backward()
+    ours = x.grad.clone()
+    x.grad = None
+    body(x).sum().backward()
+    assert torch.equal(ours, x.grad)
+
+
+@pytest.mark.parametrize("impl, calls", [("plain", 1), ("ours", 2), ("torch-reentrant", 2), ("torch", 1)])
+def test_a_parameter_used_inside_and_outside_gets_its_hooks_called_as_documented(impl, calls):
+    """torch's test_checkpointing_without_reentrant_parameter_used_in_an_out (test/test_autograd.py) expects
+    one hook call with use_reentrant=False; ours, like use_reentrant=True, calls it once per piece."""
+    torch.manual_seed(0)
+    w = torch.randn(10, 10, requires_grad=True)
+    x = torch.rand(10, 10, requires_grad=True)
+    seen, accumulated = [], []
+    w.register_hook(lambda grad: seen.append(grad.clone()))
+    w.register_post_accumulate_grad_hook(lambda p: accumulated.append(p.grad.clone()))
+    run = {"plain": lambda f, t: f(t), "ours": checkpoint,
+           "torch-reentrant": lambda f, t: torch_checkpoint(f, t, use_reentrant=True),
+           "torch": lambda f, t: torch_checkpoint(f, t, use_reentrant=False)}[impl]
+    h = w * x  # w outside the checkpoint
+    run(lambda t: w * t, h).sum().backward()  # and inside it
+    assert len(seen) == len(accumulated) == calls
+    assert torch.allclose(w.grad, 2 * w.detach() * x.detach(), rtol=1e-6)  # d/dw sum(w * (w * x))
+    assert torch.allclose(sum(seen), w.grad, rtol=1e-6)  # the pieces add up to the one gradient
+    assert "fires once per piece" in ck.__doc__ and "use_reentrant=True" in ck.__doc__
+
+
 def test_no_grad_mode_just_runs_the_function():
     lin = nn.Linear(4, 4)
     x = torch.randn(2, 4, requires_grad=True)

@@ -1,9 +1,13 @@
 """The install routes stay in step: pyproject.toml, environment.yml, the constraints and the CI script."""
 
+import os
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +54,52 @@ def test_ci_runs_the_readme_test_command_on_the_cpu_route():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in ci and "make test" in readme
     assert "EFFTRAIN_TORCH=cpu" in ci
+
+
+# A stand-in for `make`: `make test` and `make check-widgets` print a runner's closing line and exit
+# with FAKE_TEST_RC / FAKE_BROWSER_RC; the install targets do nothing.
+FAKE_MAKE = """#!/usr/bin/env bash
+for target in "$@"; do
+  case "$target" in
+    test) echo "3 passed in 0.01s"; exit "${FAKE_TEST_RC:-0}" ;;
+    check-widgets)
+      echo "PASS  01_lora: lora_explorer: draws"
+      if [ "${FAKE_BROWSER_RC:-0}" != 0 ]; then
+        echo "FAIL  01_lora: lora_explorer: changing 'rank' redraws: 4 -> 8, output 1a2b -> None (output did not change)"
+      fi
+      echo "widgets: 1 passed, ${FAKE_BROWSER_RC:-0} failed"
+      exit "${FAKE_BROWSER_RC:-0}" ;;
+  esac
+done
+"""
+
+
+@pytest.mark.parametrize("test_rc, browser_rc", [(0, 0), (0, 1), (2, 0)])
+def test_ci_fails_when_the_tests_or_the_browser_check_fail_and_says_what_broke(tmp_path, test_rc, browser_rc):
+    (tmp_path / ".ci").mkdir()
+    shutil.copy2(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "make").write_text(FAKE_MAKE)
+    (bin_dir / "make").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "EFFTRAIN_CHROMIUM": "/bin/sh",
+           "FAKE_TEST_RC": str(test_rc), "FAKE_BROWSER_RC": str(browser_rc)}
+    run = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], env=env, capture_output=True, text=True)
+    output = run.stdout + run.stderr
+    assert "3 passed" in output and "widgets: 1 passed" in output  # both ran, whatever the other did
+    assert (run.returncode == 0) == (test_rc == browser_rc == 0), output
+    assert ("make test exited 2" in output) == (test_rc == 2)
+    if browser_rc:
+        broke = output.split("the browser check exited 1; what broke:", 1)[1]
+        assert "FAIL  01_lora: lora_explorer: changing 'rank' redraws" in broke
+    else:
+        assert "browser check exited" not in output
+
+
+def test_ci_installs_debian_s_chromium_and_never_a_downloaded_browser():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get update" in ci and "apt-get install" in ci and " chromium" in ci
+    assert "playwright install" not in ci
+    assert ci.index("apt-get update") > ci.index('if [ ! -x "$chromium" ]')  # only when it is missing
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert any(r.startswith("playwright") for r in dev)

@@ -9,6 +9,7 @@ seconds on 2 CPU cores.
 
 from __future__ import annotations
 
+import inspect
 import math
 import struct
 
@@ -313,6 +314,156 @@ def test_disabled_scaler_is_a_pass_through():
     assert scaler.scale(loss) is loss and scaler.get_scale() == 1.0 and scaler.state_dict() == {}
     stepped, param = _one_step(scaler)
     assert stepped is True and torch.equal(param.detach(), torch.full((3,), 0.9))
+
+
+# ------------------------------------------------------------------------------------------------
+# GradScaler's whole public interface, and what happens when the loss itself is NaN
+# ------------------------------------------------------------------------------------------------
+
+
+def test_every_public_method_of_gradscaler_exists_with_its_signature():
+    ref = torch.amp.GradScaler
+    public = sorted(n for n in dir(ref) if not n.startswith("_"))
+    assert {"is_enabled", "get_growth_factor", "set_growth_interval"} <= set(public)
+    missing = [n for n in public if not hasattr(LossScaler, n)]
+    assert not missing, f"LossScaler lacks GradScaler's {missing}"
+    for name in public:
+        ours = list(inspect.signature(getattr(LossScaler, name)).parameters)
+        theirs = list(inspect.signature(getattr(ref, name)).parameters)
+        assert ours == theirs, f"{name}: LossScaler takes {ours}, GradScaler {theirs}"
+    assert list(inspect.signature(LossScaler).parameters) == list(inspect.signature(ref).parameters)
+
+
+def _scaler_pair(**kwargs):
+    return LossScaler("cpu", **kwargs), torch.amp.GradScaler("cpu", **kwargs)
+
+
+def test_getters_and_setters_change_the_run_as_gradscalers_do():
+    trajectories = []
+    for scaler in _scaler_pair(init_scale=64.0, growth_interval=3):
+        assert (scaler.get_growth_factor(), scaler.get_backoff_factor(), scaler.get_growth_interval()) == (2.0, 0.5, 3)
+        assert scaler.is_enabled() is True
+        scales = []
+        for step in range(12):
+            if step == 3:  # the count is 1 here: below the new interval (see the next test for the other case)
+                scaler.set_growth_factor(4.0)
+                scaler.set_backoff_factor(0.25)
+                scaler.set_growth_interval(2)
+            scaler.scale(torch.tensor(1.0))  # GradScaler creates its scale tensor here
+            _one_step(scaler, inf=step in (1, 7))
+            scales.append(scaler.get_scale())
+        assert (scaler.get_growth_factor(), scaler.get_backoff_factor(), scaler.get_growth_interval()) == (4.0, 0.25, 2)
+        trajectories.append(scales)
+    assert trajectories[0] == trajectories[1]
+    assert min(trajectories[0]) < 64.0 < max(trajectories[0])  # both rules ran under the new settings
+
+
+@pytest.mark.parametrize("setter, value, words", [
+    ("set_growth_factor", 1.0, "growth_factor must be > 1"),
+    ("set_backoff_factor", 1.5, r"backoff_factor must be in \(0, 1\)"),
+    ("set_growth_interval", 0, "growth_interval must be an integer >= 1"),
+    ("set_growth_interval", 2.0, "growth_interval must be an integer >= 1"),
+])
+def test_setters_validate_like_the_constructor(setter, value, words):
+    scaler = LossScaler()
+    with pytest.raises(ValueError, match=words):
+        getattr(scaler, setter)(value)
+    assert scaler.state_dict() == LossScaler().state_dict()  # unchanged
+
+
+def test_a_growth_interval_set_below_the_count_restarts_it_where_gradscaler_stops_growing():
+    ours, ref = _scaler_pair(init_scale=8.0, growth_interval=10)
+    for scaler in (ours, ref):
+        scaler.scale(torch.tensor(1.0))
+        for _ in range(5):
+            _one_step(scaler)
+        scaler.set_growth_interval(2)
+        for _ in range(6):
+            _one_step(scaler)
+    assert ours.get_scale() == 8.0 * 2**3  # the count restarted at 0: grew after steps 2, 4 and 6
+    assert ref.get_scale() == 8.0 and ref._get_growth_tracker() == 11  # GradScaler's count never equals 2 again
+
+
+def test_disabled_scaler_loads_a_state_dict_as_a_no_op_like_gradscaler():
+    for scaler in (LossScaler(enabled=False), torch.amp.GradScaler("cpu", enabled=False)):
+        assert scaler.is_enabled() is False
+        scaler.load_state_dict({"scale": 4.0})  # a no-op: nothing read, nothing raised
+        assert scaler.get_scale() == 1.0 and scaler.state_dict() == {}
+
+
+def test_device_argument_follows_gradscaler():
+    ours, ref = LossScaler("cpu", init_scale=8.0), torch.amp.GradScaler("cpu", init_scale=8.0)
+    assert ours.scale(torch.tensor(2.0)).item() == ref.scale(torch.tensor(2.0)).item() == 16.0
+    assert LossScaler(torch.device("cpu")).device == "cpu" and LossScaler().device is None
+    with pytest.raises(TypeError, match=r"first argument is the device.*init_scale=1024.0"):
+        LossScaler(1024.0)
+    with pytest.raises(ValueError, match="device must be a device type"):
+        LossScaler("gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's behaviour")
+def test_cuda_without_cuda_warns_and_disables_like_gradscaler():
+    with pytest.warns(UserWarning, match="CUDA is not available.  Disabling"):
+        ref = torch.amp.GradScaler("cuda")
+    with pytest.warns(UserWarning, match="CUDA is not available.  Disabling"):
+        ours = LossScaler("cuda")
+    assert ours.is_enabled() is ref.is_enabled() is False
+
+
+def test_update_takes_a_new_scale_as_a_tensor_like_gradscaler():
+    ours, ref = _scaler_pair()
+    ref.scale(torch.tensor(1.0))
+    for scaler in (ours, ref):
+        scaler.update(new_scale=torch.tensor(256.0))
+    assert ours.get_scale() == ref.get_scale() == 256.0
+    for bad in (torch.tensor([1.0, 2.0]), torch.tensor(2.0, requires_grad=True), torch.tensor(2)):
+        with pytest.raises(ValueError, match="1-element floating-point tensor with requires_grad=False"):
+            ours.update(new_scale=bad)
+    with pytest.raises(ValueError, match="not representable in fp32"):
+        ours.update(new_scale=1e-50)  # would round to 0 in fp32
+
+
+def test_scale_of_another_iterable_is_lazy_like_gradscalers():
+    ours, ref = _scaler_pair(init_scale=4.0)
+    gen = (torch.tensor(float(i)) for i in range(3))
+    a, b = ours.scale(t for t in gen), ref.scale(torch.tensor(float(i)) for i in range(3))
+    assert [t.item() for t in a] == [t.item() for t in b] == [0.0, 4.0, 8.0]
+
+
+def _nan_steps(scaler, steps, finite_from=None):
+    """`steps` steps whose loss is NaN (finite from step `finite_from` on); returns the parameter."""
+    param = nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    for step in range(steps):
+        nan = finite_from is None or step < finite_from
+        scaler.scale(param.sum() * (NAN if nan else 1.0)).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+    return param
+
+
+def test_a_loss_that_stays_nan_gets_an_error_naming_the_cause_not_a_zero_division():
+    scaler = LossScaler()
+    _nan_steps(scaler, 165)  # 2**16 halved 165 times: 2**-149, fp32's smallest number
+    assert scaler.get_scale() == 2.0**-149
+    with pytest.raises(RuntimeError, match=r"underflowed to 0 after 166 consecutive steps with inf/NaN gradients"
+                                           r".*the loss itself.*is NaN/inf: loss scaling cannot fix that"):
+        _nan_steps(scaler, 1)
+    assert scaler.get_scale() == 2.0**-149  # left at its last usable value
+
+
+def test_gradscaler_in_the_same_situation_stays_at_zero_and_then_writes_nan_into_the_weights():
+    # What the LossScaler docstring says of GradScaler, measured (torch 2.13, CPU).
+    ref = torch.amp.GradScaler("cpu")
+    param = _nan_steps(ref, 200, finite_from=170)
+    assert ref.get_scale() == 0.0  # no error; growth multiplies 0
+    assert torch.isnan(param).all()  # once the loss is finite, 0 * (1/0) gradients were stepped
+    ours = LossScaler()
+    with pytest.raises(RuntimeError, match="underflowed"):
+        _nan_steps(ours, 200, finite_from=170)
+    doc = LossScaler.__doc__
+    assert "166th" in doc and "weights" in doc and "become NaN" in doc
 
 
 # ------------------------------------------------------------------------------------------------
