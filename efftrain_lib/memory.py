@@ -47,6 +47,7 @@ from typing import Iterable, Sequence
 
 from efftrain_lib.lora_math import check_rank, parameter_count
 from efftrain_lib.memory_replay import DTYPE_BYTES, Replay, StepPlan, build_tape
+from efftrain_lib.quant_math import BASE_FORMATS, OPTIMIZER_STATE_FORMATS, optimizer_state_bytes
 from efftrain_lib.meter import MIB, MemoryBreakdown
 
 GB = 10**9
@@ -337,6 +338,8 @@ def estimate_training_memory(
     checkpointing=False,
     micro_batch_size: int | None = None,
     attention: str = "flash",
+    base_format: str = "same",
+    optimizer_state_format: str = "same",
 ) -> MemoryEstimate:
     """Predict the peak memory of one steady-state training step, by category (bytes).
 
@@ -351,6 +354,12 @@ def estimate_training_memory(
     checkpointing    False, True (every decoder layer), n (the first n layers) or a list of layer indices
     micro_batch_size gradient accumulation: batch_size is split into micro-batches of this size
     attention        "flash" (SDPA: no seq x seq matrix kept) or "eager" (softmax probabilities kept)
+    base_format      the frozen base's Linears under LoRA: "same" (the precision's dtype), "int8", "nf4"
+                     (4-bit, fp32 scale per 64: 4.5 bits) or "nf4_dq" (double-quantized scales: 4.127 bits),
+                     as efftrain_lib.qlora stores them (exact bytes per tensor, efftrain_lib.quant_math);
+                     embeddings, norms and the output layer keep the precision's dtype, as in QLoRA
+    optimizer_state_format  "same" (the precision's), "fp32" (e.g. bf16 adapters with 32-bit Adam, as
+                     QLoRA's paged_adamw_32bit), or "8bit" (block-wise, efftrain_lib.optim8bit)
     """
     shape = shape_of(model)
     batch_size = positive_int("batch_size", batch_size)
@@ -360,6 +369,8 @@ def estimate_training_memory(
     precision = check_choice("precision", precision, PRECISIONS)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     attention = check_choice("attention", attention, ATTENTION_IMPLS)
+    base_format = check_choice("base_format", base_format, ("same", *BASE_FORMATS))
+    optimizer_state_format = check_choice("optimizer_state_format", optimizer_state_format, OPTIMIZER_STATE_FORMATS)
     micro = batch_size if micro_batch_size is None else positive_int("micro_batch_size", micro_batch_size)
     if micro > batch_size or batch_size % micro:
         raise ValueError(f"micro_batch_size ({micro}) must divide batch_size ({batch_size})")
@@ -371,20 +382,24 @@ def estimate_training_memory(
     if lora_rank is not None:
         lora_rank = positive_int("lora_rank", lora_rank)
         targets = _lora_targets(lora_targets, shape, lora_rank)
+    elif base_format != "same":
+        raise ValueError(f"base_format={base_format!r} quantizes a frozen base: it needs LoRA (lora_rank), as QLoRA")
     param_dtype, compute, master = PRECISIONS[precision]
     plan = StepPlan(shape, micro, seq, param_dtype, compute, lora_rank, targets,
-                 checkpointed_layers(checkpointing, shape.n_layers), attention)
+                    checkpointed_layers(checkpointing, shape.n_layers), attention, base_format != "same")
     tape, params = build_tape(plan)
 
     total_params = sum(p.numel for p in params)
     trainable = [p for p in params if p.trainable]
     n_trainable = sum(p.numel for p in trainable)
     elem = DTYPE_BYTES[param_dtype]
-    weights = total_params * elem
+    stored = BASE_FORMATS.get(base_format)
+    weights = sum(stored.bytes(p.numel) if p.quantized else p.numel * elem for p in params)
     n_states, step_scalars = OPTIMIZERS[optimizer]
     state_elem = 4 if master else elem  # a master-weight optimizer keeps its fp32 copy and m, v in fp32
-    optimizer_state = (n_trainable * (n_states * state_elem + (4 if master else 0))
-                       + (4 * len(trainable) if step_scalars else 0))
+    optimizer_state = (sum(optimizer_state_bytes(p.numel, n_states, optimizer_state_format, state_elem)
+                           for p in trainable)
+                       + n_trainable * (4 if master else 0) + (4 * len(trainable) if step_scalars else 0))
     grad_bytes = {id(p): p.numel * elem for p in trainable}
 
     base = {"weights": weights, "optimizer_state": optimizer_state}
@@ -412,7 +427,8 @@ def estimate_training_memory(
         settings={"model": shape.name, "batch_size": batch_size, "seq_len": seq, "precision": precision,
                   "optimizer": optimizer, "lora_rank": lora_rank, "lora_targets": targets,
                   "checkpointed_layers": len(plan.checkpointed), "micro_batch_size": micro,
-                  "accumulation_steps": steps, "attention": attention},
+                  "accumulation_steps": steps, "attention": attention, "base_format": base_format,
+                  "optimizer_state_format": optimizer_state_format},
     )
 
 
@@ -421,7 +437,12 @@ def _workspace(plan: StepPlan) -> int:
     On the tiny transformer this closes the gap to the CPU allocator's peak (torch.profiler) to a
     few percent; on a GPU, kernels' workspaces and the caching allocator's rounding come on top."""
     s = plan.shape
-    return 2 * plan.micro_batch * plan.seq * s.vocab_size * 4
+    logits = 2 * plan.micro_batch * plan.seq * s.vocab_size * 4
+    if not plan.quantized_base:
+        return logits
+    # A quantized base dequantizes one weight at a time (forward, and again in backward): the largest.
+    largest = max(o * i for o, i in s.linear_shapes().values())
+    return logits + largest * DTYPE_BYTES[plan.compute or plan.param_dtype]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class _Param:
     numel: int
     dtype: str
     trainable: bool
+    quantized: bool = False  # a frozen base stored block-wise (QLoRA): dequantized inside one op
 
     @property
     def rg(self) -> bool:
@@ -87,6 +88,8 @@ class _Tape:
         return self.value(numel, self.compute, x.rg)  # a new storage on every call (no cache for activations)
 
     def _cast_weight(self, w: _Param) -> _Value | None:
+        if w.quantized:  # efftrain_lib.qlora dequantizes in the op and again in backward: saves only codes
+            return None
         if self.compute is None or w.dtype == self.compute:
             return None  # the parameter itself is saved: a weight, not counted again
         if w.trainable:  # autocast caches casts of leaf parameters that require grad (one per forward)
@@ -192,6 +195,7 @@ class StepPlan:
     lora_targets: tuple
     checkpointed: frozenset
     attention: str
+    quantized_base: bool = False  # the decoder's frozen Linears stored block-wise (QLoRA)
 
 
 def _make_params(plan: StepPlan) -> tuple[dict, list]:
@@ -211,6 +215,7 @@ def _make_params(plan: StepPlan) -> tuple[dict, list]:
         add(f"layers.{i}.post_attention_layernorm", s.hidden_size)
         for lin, (o, n_in) in s.linear_shapes().items():
             add(f"layers.{i}.{lin}", o * n_in)
+            params[f"layers.{i}.{lin}"].quantized = plan.quantized_base
             if not full and lin in plan.lora_targets:
                 params[f"layers.{i}.{lin}.lora_A"] = _Param(f"layers.{i}.{lin}.lora_A", plan.lora_rank * n_in, dt, True)
                 params[f"layers.{i}.{lin}.lora_B"] = _Param(f"layers.{i}.{lin}.lora_B", o * plan.lora_rank, dt, True)
