@@ -76,16 +76,17 @@ def draw_error_histogram(ax, x: torch.Tensor, code: str = "nf4", block_size: int
                          compare=FORMATS) -> None:
     """Histogram of the errors of `code` (filled) over the other formats' (outlines); bits per parameter
     measured from the stored bytes in the title."""
-    scale = x.detach().float().abs().max().item()
-    bins = torch.linspace(-scale / 8, scale / 8, 81).tolist()
+    edge = x.detach().float().abs().max().item() / 8
+    edges = torch.linspace(-edge, edge, 81).tolist()
     for fmt in compare:
         result = quantization_error(x, fmt, block_size, double_quant)
-        values = result.errors.clamp(bins[0], bins[-1]).tolist()
+        counts = torch.histc(result.errors.clamp(-edge, edge), bins=80, min=-edge, max=edge).tolist()
+        label = f"{fmt}: RMSE {result.rmse:.2e}"
         if fmt == code:
-            ax.hist(values, bins=bins, alpha=0.55, color="#4c72b0", label=f"{fmt}: RMSE {result.rmse:.2e}")
+            ax.stairs(counts, edges, fill=True, alpha=0.55, color="#4c72b0", label=label)
             chosen = result
         else:
-            ax.hist(values, bins=bins, histtype="step", lw=1.2, label=f"{fmt}: RMSE {result.rmse:.2e}")
+            ax.stairs(counts, edges, lw=1.2, label=label)
     ax.set(xlabel="dequantized - original", ylabel="values", yscale="log")
     ax.set_title(f"{code}, block {block_size}, double quant {'on' if double_quant else 'off'}: "
                  f"{chosen.bits_per_parameter:.3f} bits/param (measured)", fontsize=9)
