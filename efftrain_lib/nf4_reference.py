@@ -11,13 +11,13 @@ mean. Two differences the chapter explains: its code table is bitsandbytes' NF4 
 bit for bit. It also requires the number of blocks to be a multiple of `scaler_block_size`.
 
 Importing torchao logs two warnings on a CPU-only torch (CUDA kernels it cannot load, a deprecated
-pytree registration); they say nothing about NF4, so the import silences exactly those two loggers.
+pytree registration); they say nothing about NF4, and efftrain_lib/__init__.py quiets exactly those two
+loggers (peft and transformers import torchao too, whenever it is installed).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -27,21 +27,12 @@ from efftrain_lib.quantization import unpack_4bit
 
 __all__ = ["TorchaoNF4", "torchao_nf4", "torchao_nf4_module"]
 
-_NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
-
 
 @functools.cache
 def torchao_nf4_module() -> ModuleType:
-    """torchao's nf4_tensor module, imported without its import-time log lines."""
-    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        from torchao.quantization.quantize_.workflows.nf4 import nf4_tensor
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    """torchao's nf4_tensor module (imported on first use: torchao takes seconds to import)."""
+    from torchao.quantization.quantize_.workflows.nf4 import nf4_tensor
+
     return nf4_tensor
 
 

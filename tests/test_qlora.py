@@ -276,3 +276,14 @@ def test_optimizer_state_formats_in_quant_math():
     with pytest.raises(ValueError, match="optimizer state format"):
         quant_math.optimizer_state_bytes(100, 2, "4bit", 4)
     assert math.isclose(quant_math.BASE_FORMATS["nf4_dq"].bits_per_parameter, 4.127, abs_tol=1e-3)
+
+
+def test_importing_peft_with_torchao_installed_writes_nothing_to_stderr():
+    """peft and transformers import torchao when it is installed; its import-time log lines must not reach a
+    notebook's stderr (efftrain_lib/__init__.py quiets exactly those loggers)."""
+    import subprocess
+    import sys
+
+    code = "import efftrain_lib, peft; from efftrain_lib.nf4_reference import torchao_nf4_module; torchao_nf4_module()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-500:]

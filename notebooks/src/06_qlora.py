@@ -566,6 +566,9 @@ display(table(["LLaMA-65B", "weights", "gradients", "optimizer state", "activati
                "fits 48 GB"],
               [[label, *(f"{getattr(e, c) / GB:.1f} GB" for c in ("weights", "gradients", "optimizer_state", "activations")),
                 f"{needed_gb(e):.1f} GB", needed_gb(e) <= 48] for label, e in estimates_65b.items()]))
+from efftrain_lib.memory_explorer import calculate, summary
+
+print("the calculator:", summary(calculate(LLAMA1["LLaMA-65B"], **{k: v for k, (v, _) in PAPER_65B.items()})))
 full_65b = needed_gb(full_finetune_estimate("LLaMA-65B"))
 print(f"16-bit full fine-tuning of the same model (bf16 weights and gradients, fp32 Adam): {full_65b:.0f} GB")
 pick = next(o for o in advise(LLAMA1["LLaMA-65B"], batch_size=1, seq_len=512, budget_gb=48, lora_rank=64,
