@@ -69,7 +69,7 @@ def test_widgets_build_without_a_browser():
 
 def test_compare_finetuning_runs_every_base_through_the_one_loop():
     tokens = data.encode(data.load_text("sonnets"))
-    get_batch = data.batch_sampler(tokens, 4, 32, seed=0)
+    get_batch = data.batch_sampler(tokens, 2, 16, seed=0)
     runs = ex.compare_finetuning(
         {"fp32": lambda: apply_lora(load_pretrained(), "all-linear", 4, 8), "nf4": lambda: apply_qlora(load_pretrained(), 4, 8)},
         get_batch, steps=2, make_optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), val_batches=[get_batch(9)],
