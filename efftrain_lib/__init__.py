@@ -8,12 +8,16 @@ Foundation:
   models          the tiny LLaMA-style transformer   data            texts, tokenizer, batches
   comparing       max_abs_diff, gradient_dict        timing          interleaved timing rounds
   lora_math       LoRA's scaling, parameter count    number_formats  fp32 / fp16 / bf16 bit by bit
+  quant_math      bytes and bits of block-wise formats (4.5, 4.127 bits per parameter)
 Loop:
   training        the one training step and the loop around it
 Techniques (the hardened versions the notebooks build up to):
   lora            LoRA, rsLoRA and DoRA              adapters        PEFT's on-disk adapter format
   checkpointing   gradient checkpointing             precision       the loss scaler, autocast tables
   accumulation    gradient accumulation              reference_models  a tiny Llama and the PEFT bridge
+  quantization    block-wise absmax, NF4, double     qlora           the 4-bit base under LoRA, merging
+                  quantization, packed storage
+  optim8bit       AdamW with 8-bit state             nf4_reference   torchao's NF4 (the reference)
 Measuring:
   meter           the memory meter (exact CPU accounting, or the CUDA allocator)
   saved_tensors   what autograd keeps for backward   memory          the training-memory estimator
@@ -27,4 +31,13 @@ Teaching:
                   terminal, widget)
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# torchao (the QLoRA chapter's reference) is imported by peft and transformers whenever it is installed, and
+# its import logs to stderr on a CPU-only torch: CUDA kernels it cannot load ("torchao") and a deprecated pytree
+# registration of its enums ("torch.utils._pytree"). Neither concerns the course, and notebooks must not write
+# to stderr, so those two loggers report errors only. (Nothing else of logging is touched.)
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)

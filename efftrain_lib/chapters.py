@@ -98,6 +98,7 @@ _COURSE = (
             ("precision", "mixed_precision")),
     Chapter("accumulation", 4, "Gradient accumulation", "04_gradient_accumulation.ipynb",
             ("gradient_accumulation",)),
+    Chapter("qlora", 6, "QLoRA: a 4-bit base under LoRA", "06_qlora.ipynb", ("nf4",)),
 )
 
 # key -> Chapter, in course order. The one registry: efftrain_lib.grading re-exports this very dict.

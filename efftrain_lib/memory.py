@@ -48,6 +48,7 @@ from typing import Iterable, Sequence
 
 from efftrain_lib.lora_math import check_rank, parameter_count
 from efftrain_lib.memory_replay import CPU_RNG_STATE_BYTES, DTYPE_BYTES, Replay, StepPlan, build_tape
+from efftrain_lib.quant_math import BASE_FORMATS, OPTIMIZER_STATE_FORMATS, optimizer_state_bytes
 from efftrain_lib.meter import MIB, MemoryBreakdown
 
 GB = 10**9
@@ -357,6 +358,8 @@ def estimate_training_memory(
     attention: str = "flash",
     optimizer_impl: str = "foreach",
     clip_grad: bool = False,
+    base_format: str = "same",
+    optimizer_state_format: str = "same",
 ) -> MemoryEstimate:
     """Predict the peak memory of one steady-state training step, by category (bytes).
 
@@ -374,6 +377,12 @@ def estimate_training_memory(
     optimizer_impl   how torch.optim runs the step: "foreach" (its default on CUDA), "for-loop" (its
                      default on CPU) or "fused" (fused=True); changes only the allocator's peak
     clip_grad        clip_grad_norm_ before the step (a few bytes per parameter tensor)
+    base_format      the frozen base's Linears under LoRA: "same" (the precision's dtype), "int8", "nf4"
+                     (4-bit, fp32 scale per 64: 4.5 bits) or "nf4_dq" (double-quantized scales: 4.127 bits),
+                     as efftrain_lib.qlora stores them (exact bytes per tensor, efftrain_lib.quant_math);
+                     embeddings, norms and the output layer keep the precision's dtype, as in QLoRA
+    optimizer_state_format  "same" (the precision's), "fp32" (e.g. bf16 adapters with 32-bit Adam, as
+                     QLoRA's paged_adamw_32bit), or "8bit" (block-wise, efftrain_lib.optim8bit)
     """
     shape = shape_of(model)
     batch_size = positive_int("batch_size", batch_size)
@@ -384,6 +393,8 @@ def estimate_training_memory(
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     attention = check_choice("attention", attention, ATTENTION_IMPLS)
     optimizer_impl = check_choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
+    base_format = check_choice("base_format", base_format, ("same", *BASE_FORMATS))
+    optimizer_state_format = check_choice("optimizer_state_format", optimizer_state_format, OPTIMIZER_STATE_FORMATS)
     micro = batch_size if micro_batch_size is None else positive_int("micro_batch_size", micro_batch_size)
     if micro > batch_size or batch_size % micro:
         raise ValueError(f"micro_batch_size ({micro}) must divide batch_size ({batch_size})")
@@ -395,26 +406,37 @@ def estimate_training_memory(
     if lora_rank is not None:
         lora_rank = positive_int("lora_rank", lora_rank)
         targets = _lora_targets(lora_targets, shape, lora_rank)
+    elif base_format != "same":
+        raise ValueError(f"base_format={base_format!r} quantizes a frozen base: it needs LoRA (lora_rank), as QLoRA")
     param_dtype, compute, master = PRECISIONS[precision]
     plan = StepPlan(shape, micro, seq, param_dtype, compute, lora_rank, targets,
-                 checkpointed_layers(checkpointing, shape.n_layers), attention)
+                    checkpointed_layers(checkpointing, shape.n_layers), attention, base_format != "same")
     tape, params = build_tape(plan)
 
     total_params = sum(p.numel for p in params)
     trainable = [p for p in params if p.trainable]
     n_trainable = sum(p.numel for p in trainable)
     elem = DTYPE_BYTES[param_dtype]
-    weights = total_params * elem
+    stored = BASE_FORMATS.get(base_format)
+    weights = sum(stored.bytes(p.numel) if p.quantized else p.numel * elem for p in params)
     n_states, step_scalars = OPTIMIZERS[optimizer]
     state_elem = 4 if master else elem  # a master-weight optimizer keeps its fp32 copy and m, v in fp32
-    optimizer_state = (n_trainable * (n_states * state_elem + (4 if master else 0))
-                       + (4 * len(trainable) if step_scalars else 0))
+    optimizer_state = (sum(optimizer_state_bytes(p.numel, n_states, optimizer_state_format, state_elem)
+                           for p in trainable)
+                       + n_trainable * (4 if master else 0) + (4 * len(trainable) if step_scalars else 0))
     grad_bytes = {id(p): p.numel * elem for p in trainable}
 
     base = {"weights": weights, "optimizer_state": optimizer_state}
     steps = batch_size // micro
     batch_bytes = 2 * batch_size * seq * DTYPE_BYTES["int64"]  # every micro-batch's ids and labels
-    step_temporaries = optimizer_step_temporaries(optimizer, optimizer_impl, [p.numel for p in trainable], state_elem)
+    numels = [p.numel for p in trainable]
+    if optimizer_state_format == "8bit":
+        # efftrain_lib.optim8bit, one tensor at a time: m and v dequantized to fp32, then sqrt(v) and its
+        # division (an estimate from its code, not yet checked against an allocator)
+        step_temporaries = 4 * max(numels, default=0) * 4 if n_states else 0
+    else:
+        step_temporaries = optimizer_step_temporaries(optimizer, optimizer_impl, numels,
+                                                      4 if optimizer_state_format == "fp32" else state_elem)
     clipping = clip_temporaries(len(trainable)) if clip_grad else 0
     replays = []
     for grads_alive in ([False, True] if steps > 1 else [False]):
@@ -445,7 +467,8 @@ def estimate_training_memory(
                   "optimizer": optimizer, "lora_rank": lora_rank, "lora_targets": targets,
                   "checkpointed_layers": len(plan.checkpointed), "micro_batch_size": micro,
                   "accumulation_steps": steps, "attention": attention, "optimizer_impl": optimizer_impl,
-                  "clip_grad": clip_grad},
+                  "clip_grad": clip_grad, "base_format": base_format,
+                  "optimizer_state_format": optimizer_state_format},
     )
 
 

@@ -18,6 +18,12 @@ relative to the plain step, from FLOPs (C = 6PD: forward 2PD, backward 4PD):
 * accumulation does the same FLOPs in smaller pieces: x1 here; small micro-batches use a GPU less
   well, which this model does not price.
 
+With `quantization=True` two more techniques join (the QLoRA chapter): a 4-bit frozen base under LoRA
+(NF4 with double quantization) and 8-bit optimizer state. Their extra time is not in the FLOP count
+(dequantizing every weight twice per step; quantizing the state), so it is priced by two assumed
+overheads, `dequantize_overhead` (+25%) and `state_quantization_overhead` (+5%): measure yours (the
+chapter measures its CPU figure) and pass them.
+
 Options that fit come first, fastest first; then those that do not, smallest first. `seed_order`
 walks the seed notes' order (mixed precision, then checkpointing, then accumulation, then LoRA) and
 stops at the first that fits, so the two can be set side by side.
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 from efftrain_lib.memory import GB, estimate_training_memory, shape_of
 
 TECHNIQUES = ("mixed precision", "checkpointing", "accumulation", "LoRA")
+QUANTIZATION = ("4-bit base", "8-bit optimizer")  # advise(..., quantization=True)
 SEED_ORDER = TECHNIQUES  # the seed: 先试 Mixed Precision, 再试 Checkpointing, batch 小时用 Accumulation, 参数量大时用 LoRA
 
 
@@ -47,6 +54,8 @@ class Option:
     activation_bytes: int
     time_factor: float
     fits: bool
+    base_format: str = "same"
+    optimizer_state_format: str = "same"
 
     @property
     def name(self) -> str:
@@ -72,29 +81,41 @@ def _divisors_desc(n: int) -> list[int]:
 
 
 def _estimate(model, batch_size, seq_len, optimizer, optimizer_impl, precision, ckpt, micro, lora_rank, lora_targets,
-              attention):
+              attention, base_format="same", optimizer_state_format="same"):
     est = estimate_training_memory(model, batch_size=batch_size, seq_len=seq_len, precision=precision,
                                    optimizer=optimizer, optimizer_impl=optimizer_impl, lora_rank=lora_rank,
                                    lora_targets=lora_targets, checkpointing=ckpt, micro_batch_size=micro,
-                                   attention=attention)
+                                   attention=attention, base_format=base_format,
+                                   optimizer_state_format=optimizer_state_format)
     return est, est.allocator_peak
 
 
 def advise(model, *, batch_size: int, seq_len: int, budget_gb: float, optimizer: str = "adam",
            optimizer_impl: str = "foreach", lora_rank: int = 8, lora_targets=("q_proj", "v_proj"),
-           attention: str = "flash", mixed_precision_speedup: float = 2.0) -> list[Option]:
+           attention: str = "flash", mixed_precision_speedup: float = 2.0, quantization: bool = False,
+           dequantize_overhead: float = 0.25, state_quantization_overhead: float = 0.05) -> list[Option]:
     """Every combination of the four techniques for this model, batch and memory budget, ranked.
 
     budget_gb: usable device memory in GB (10^9 bytes). With accumulation, the largest micro-batch
     dividing batch_size that fits the budget is chosen (1 if none fits).
+    quantization: also try a 4-bit base under LoRA (NF4 + double quantization) and 8-bit optimizer state,
+    each slowing the step by its overhead (a fraction: 0.25 = 25% slower).
     """
+    for name, value in (("dequantize_overhead", dequantize_overhead),
+                        ("state_quantization_overhead", state_quantization_overhead)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 10:
+            raise ValueError(f"{name} must be a fraction of the step time in [0, 10), got {value!r}")
     if (not isinstance(budget_gb, (int, float)) or isinstance(budget_gb, bool) or not math.isfinite(budget_gb)
             or budget_gb <= 0):
         raise ValueError(f"budget_gb must be a finite positive number of GB, got {budget_gb!r}")
     shape_of(model)  # fail early on a bad model
     budget = budget_gb * GB
     options = []
-    for mp, ckpt, acc, lora in itertools.product((False, True), repeat=4):
+    variants = list(itertools.product((False, True), repeat=2)) if quantization else [(False, False)]
+    for (mp, ckpt, acc, lora), (q4, q8) in itertools.product(itertools.product((False, True), repeat=4), variants):
+        if q4 and not lora:
+            continue  # a quantized base must be frozen: it needs LoRA
+        formats = ("nf4_dq" if q4 else "same", "8bit" if q8 else "same")
         # Mixed precision for full fine-tuning is torch.autocast over fp32 weights. With LoRA it means a
         # bf16 base: under autocast an fp32 frozen base would be re-cast on every call and each bf16 copy
         # kept for backward (2 bytes/param more than fp32 LoRA: the estimator and the meter both show it).
@@ -106,15 +127,17 @@ def advise(model, *, batch_size: int, seq_len: int, budget_gb: float, optimizer:
         chosen = None
         for micro in micros:
             est, peak = _estimate(model, batch_size, seq_len, optimizer, optimizer_impl, precision, ckpt, micro,
-                                  rank, lora_targets, attention)
+                                  rank, lora_targets, attention, *formats)
             chosen = (micro, est, peak)
             if peak <= budget:
                 break
         micro, est, peak = chosen
-        techniques = tuple(t for t, on in zip(TECHNIQUES, (mp, ckpt, acc, lora)) if on)
+        techniques = tuple(t for t, on in zip(TECHNIQUES + QUANTIZATION, (mp, ckpt, acc, lora, q4, q8)) if on)
+        slowdown = (1 + dequantize_overhead * q4) * (1 + state_quantization_overhead * q8)
         options.append(Option(techniques, precision, ckpt, micro, rank, int(peak), est.model_states,
                               est.all_at_once["activations"] + est.all_at_once["cast_weights"],
-                              time_factor(ckpt, lora, mp, mixed_precision_speedup), peak <= budget))
+                              time_factor(ckpt, lora, mp, mixed_precision_speedup) * slowdown, peak <= budget,
+                              *formats))
     options.sort(key=lambda o: (not o.fits, o.time_factor if o.fits else o.peak_bytes, o.peak_bytes))
     return options
 

@@ -33,14 +33,19 @@ def custom_shape(hidden_size: int = 4096, n_layers: int = 32, n_heads: int = 32,
 
 
 def calculate(model="Llama-2-7B", *, precision="bf16_autocast", optimizer="adam", optimizer_impl="foreach", lora_rank=0,
-              checkpointing=False, batch_size=1, seq_len=2048, micro_batch_size=None, **custom):
+              checkpointing=False, batch_size=1, seq_len=2048, micro_batch_size=None, base_format="same",
+              optimizer_state_format="same", lora_targets=("q_proj", "v_proj"), **custom):
     """The calculator's estimate: model is a preset name, "custom" (then `custom` holds custom_shape's
-    arguments) or anything estimate_training_memory accepts. lora_rank 0 means full fine-tuning."""
+    arguments) or anything estimate_training_memory accepts. lora_rank 0 means full fine-tuning.
+    base_format ("nf4_dq", ...), optimizer_state_format ("8bit", ...) and lora_targets ("all-linear"):
+    the QLoRA chapter's settings."""
     if model == CUSTOM:
         model = custom_shape(**custom)
     return estimate_training_memory(model, batch_size=batch_size, seq_len=seq_len, precision=precision,
                                     optimizer=optimizer, optimizer_impl=optimizer_impl, lora_rank=lora_rank or None,
-                                    checkpointing=checkpointing, micro_batch_size=micro_batch_size)
+                                    checkpointing=checkpointing, micro_batch_size=micro_batch_size,
+                                    base_format=base_format, optimizer_state_format=optimizer_state_format,
+                                    lora_targets=lora_targets)
 
 
 def gpus_that_fit(estimate) -> list[str]:

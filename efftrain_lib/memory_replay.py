@@ -52,6 +52,7 @@ class _Param:
     numel: int
     dtype: str
     trainable: bool
+    quantized: bool = False  # a frozen base stored block-wise (QLoRA): dequantized inside one op
 
     @property
     def rg(self) -> bool:
@@ -103,6 +104,8 @@ class _Tape:
         return self.value(numel, self.compute, x.rg)  # a new storage on every call (no cache for activations)
 
     def _cast_weight(self, w: _Param) -> _Value | None:
+        if w.quantized:  # efftrain_lib.qlora dequantizes in the op and again in backward: saves only codes
+            return None
         if self.compute is None or w.dtype == self.compute:
             return None  # the parameter itself is saved: a weight, not counted again
         if w.trainable:  # autocast caches casts of leaf parameters that require grad (one per forward)
@@ -122,9 +125,11 @@ class _Tape:
         if x.rg:
             saved.append(wc)  # dx = g W  (the parameter itself is not counted; its cast copy is)
         out = self.value(self.tokens * out_features, dtype, x.rg or w.rg)
-        # backward: g (out's size), dx (the cast input's size), and under autocast dW first in 16 bits
+        # backward: g (out's size), dx (the cast input's size), and under autocast dW first in 16 bits;
+        # a quantized base is dequantized again, in the input's dtype, for dx = g W
         cast_grad = w.numel * DTYPE_BYTES[self.compute] if w.trainable and wc is not None else 0
-        self.node(label, saved, [w], self.grad_bytes(out, xc) + cast_grad)
+        dequantized = w.numel * DTYPE_BYTES[xc.dtype] if w.quantized and x.rg else 0
+        self.node(label, saved, [w], self.grad_bytes(out, xc) + cast_grad + dequantized)
         return out
 
     def lora_linear(self, x: _Value, w: _Param, a: _Param, b: _Param, out_features: int, in_features: int,
@@ -213,6 +218,7 @@ class StepPlan:
     lora_targets: tuple
     checkpointed: frozenset
     attention: str
+    quantized_base: bool = False  # the decoder's frozen Linears stored block-wise (QLoRA)
 
 
 def _make_params(plan: StepPlan) -> tuple[dict, list]:
@@ -232,6 +238,7 @@ def _make_params(plan: StepPlan) -> tuple[dict, list]:
             if lin in ("q_proj", "gate_proj"):
                 add(f"layers.{i}.{'input' if lin == 'q_proj' else 'post_attention'}_layernorm", s.hidden_size)
             add(f"layers.{i}.{lin}", o * n_in)
+            params[f"layers.{i}.{lin}"].quantized = plan.quantized_base
             if not full and lin in plan.lora_targets:
                 params[f"layers.{i}.{lin}.lora_A"] = _Param(f"layers.{i}.{lin}.lora_A", plan.lora_rank * n_in, dt, True)
                 params[f"layers.{i}.{lin}.lora_B"] = _Param(f"layers.{i}.{lin}.lora_B", o * plan.lora_rank, dt, True)

@@ -14,12 +14,14 @@ MAX_LINES = 600
 
 #: Layers, lowest first. A module may import modules of its own layer or of a lower one, never higher.
 LAYERS = {
-    "foundation": {"devices", "losses", "models", "data", "comparing", "timing", "lora_math", "number_formats"},
+    "foundation": {"devices", "losses", "models", "data", "comparing", "timing", "lora_math", "number_formats",
+                   "quant_math"},
     "loop": {"training"},
-    "techniques": {"lora", "adapters", "checkpointing", "precision", "accumulation", "reference_models"},
+    "techniques": {"lora", "adapters", "checkpointing", "precision", "accumulation", "reference_models",
+                   "quantization", "qlora", "nf4_reference", "optim8bit"},
     "measuring": {"saved_tensors", "meter", "memory", "memory_replay", "memory_validation"},
     "exploring": {"widgets", "liveplot", "memory_advisor", "lora_explorer", "checkpointing_explorer",
-                  "precision_explorer", "accumulation_explorer", "memory_explorer"},
+                  "precision_explorer", "accumulation_explorer", "memory_explorer", "qlora_explorer"},
     "teaching": {"chapters", "grade", "grading", "drill"},
 }
 RANK = {name: rank for rank, layer in enumerate(LAYERS.values()) for name in layer}

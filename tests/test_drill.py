@@ -75,6 +75,12 @@ COMPUTED = {
     "prec-fp16-min-subnormal": FP16_MIN_SUBNORMAL,
     "acc-effective-batch": 4 * 8 * 2,
     "acc-token-normalization": (2 + 1 + 1 + 1) / 4,
+    "qlora-bits-plain": 4 + 32 / 64,
+    "qlora-bits-double-quant": 4 + 8 / 64 + 32 / (64 * 256),
+    "qlora-double-quant-saving-65b": 65e9 * ((4 + 32 / 64) - (4 + 8 / 64 + 32 / (64 * 256))) / 8 / 1e9,
+    "qlora-65b-base-gb": 65e9 * (4 + 8 / 64 + 32 / (64 * 256)) / 8 / 1e9,
+    "qlora-full-finetune-65b": 65e9 * (2 + 2 + 4 + 4) / 1e9,
+    "qlora-8bit-adam-bytes": 2 * (1 + 4 / 2048),
 }
 
 SEED_LORA_IDS = [

@@ -23,6 +23,7 @@ import test_checkpointing_graders
 import test_lora_graders
 import test_loss_scaling_graders
 import test_memory_math_graders
+import test_qlora_graders
 from grader_proofs import ROOT, ChapterProof, by_id, cli, grade_mistake
 
 from efftrain_lib.grade import Report, grade, load_module
@@ -30,7 +31,7 @@ from efftrain_lib.grading import CHAPTERS as REGISTERED
 
 PROOFS: list[ChapterProof] = [m.PROOF for m in (test_memory_math_graders, test_lora_graders,
                                                  test_checkpointing_graders, test_loss_scaling_graders,
-                                                 test_accumulation_graders)]
+                                                 test_accumulation_graders, test_qlora_graders)]
 CHECK_CASES = [pytest.param(c, check_id, id=f"{c}-{check_id}") for c in PROOFS for check_id in c.check_ids]
 MISTAKE_CASES = [pytest.param(c, path, id=f"{c}-{path.stem}") for c in PROOFS for path in c.mistakes]
 per_chapter = pytest.mark.parametrize("chapter", PROOFS, ids=str)
