@@ -57,7 +57,10 @@ def summary(estimate) -> str:
     """One paragraph: parameters, peak, phase, and the GPUs it fits."""
     fits = gpus_that_fit(estimate)
     s = estimate.settings
-    return (f"{s['model']}: {estimate.total_params / 1e9:.3g}B parameters, {estimate.trainable_params:,} trainable. "
+    adapters = estimate.trainable_params if s["lora_rank"] else 0  # LoRA's parameters come on top of the model's
+    size = f"{(estimate.total_params - adapters) / 1e9:.3g}B parameters" + (
+        f" + {adapters:,} in LoRA adapters (trainable)" if adapters else f", {estimate.trainable_params:,} trainable")
+    return (f"{s['model']}: {size}. "
             f"Predicted peak {estimate.allocator_peak / GB:.1f} GB ({estimate.allocator_phase}, optimizer step "
             f"{s['optimizer_impl']}), of which {estimate.workspace / GB:.1f} GB temporaries; the tensors held "
             f"peak at {estimate.peak_bytes / GB:.1f} GB ({estimate.peak_phase}); everything at once would be "

@@ -562,7 +562,7 @@ from efftrain_lib.qlora_explorer import PAPER_65B, full_finetune_estimate, neede
 
 display(table(["setting", "value", "assumption"], [[k, f"`{v}`", why] for k, (v, why) in PAPER_65B.items()]))
 estimates_65b = qlora_estimates("LLaMA-65B")
-display(table(["LLaMA-65B", "weights", "gradients", "optimizer state", "activations", "needed (peak + workspace)",
+display(table(["LLaMA-65B", "weights", "gradients", "optimizer state", "activations", "needed (allocator's peak)",
                "fits 48 GB"],
               [[label, *(f"{getattr(e, c) / GB:.1f} GB" for c in ("weights", "gradients", "optimizer_state", "activations")),
                 f"{needed_gb(e):.1f} GB", needed_gb(e) <= 48] for label, e in estimates_65b.items()]))
@@ -583,8 +583,10 @@ print("16-bit full fine-tuning needs more than 780 GB:", full_65b > 780)
 print("the advisor reaches for a 4-bit base:", "4-bit base" in pick.techniques)
 
 # %% [markdown]
-# The paper's headline ("from >780 GB of GPU memory to <48 GB") comes out of the course's own arithmetic. Double
-# quantization matters at this size: it is the difference between a comfortable fit and a marginal one.
+# The paper's headline ("from >780 GB of GPU memory to <48 GB") comes out of the course's own arithmetic, with
+# its optimizer: bitsandbytes' paged AdamW updates in place. Double quantization matters at this size (the table
+# above says by how much). And the optimizer's implementation is not a detail here: torch's default `foreach`
+# AdamW would hold one more fp32 copy of the 0.8B trainable parameters during the step (chapter 0, section 2).
 #
 # ## 9. Play with it
 #
