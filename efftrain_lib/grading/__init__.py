@@ -6,11 +6,13 @@ A grader module (e.g. efftrain_lib/grading/lora.py) defines
     EXERCISES = {"1.1": "LoRALinear: ...", ...}   # titles, for the report (optional)
 
     @CHECKS.add("1.1", "output equals base at init", hint="lora_B must start at zero ...")
-    def _(impl):                           # impl: the learner's module, loaded from <DIR>/<file>
+    def output_equals_base_at_init(impl):  # impl: the learner's module, loaded from <DIR>/<file>
         ...
         return passed("max |diff| 0 vs base(x)")  # or failed(detail, hint)
 
 and optionally `def prepare(): ...` (heavy imports such as PEFT, run once before the timed checks).
+Each check function is named for what it checks (unique in its module, never `_`): a failure's
+traceback names it, and `pytest tests/grading -k output_equals_base_at_init` selects its proofs.
 Checks call the learner's code only through the exercise API, so any correct implementation passes;
 each failure should carry a hint that names the likely mistake, and each check should be proven by a
 mistake in tests/grading/mistakes/<chapter>/ (see tests/grading/test_graders_proven.py and
@@ -27,6 +29,7 @@ of the course are registered already; the harness reports "no graders yet" for a
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -54,6 +57,11 @@ class Check:
     name: str  # "output equals base at init"
     func: Callable[..., Outcome]
     hint: str = ""  # shown when the check errors out rather than returning a failure
+
+    @property
+    def function(self) -> str:
+        """The check function's own name (under any decorator): what a traceback and `pytest -k` show."""
+        return inspect.unwrap(self.func).__code__.co_name
 
 
 class Checks:

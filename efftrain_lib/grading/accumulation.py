@@ -263,7 +263,7 @@ def _gradient_check(impl, window, **kwargs):
 # ----------------------------------------------------------- Exercise 4.1: accumulation_step --
 @CHECKS.add("4.1", "one optimizer step per window",
             hint="accumulate the k backward passes, then call optimizer.step() exactly once")
-def _(impl):
+def one_optimizer_step_per_window(impl):
     model = _model()
     optimizer = _Recorder(model)
     window = _equal_window()
@@ -278,7 +278,7 @@ def _(impl):
 
 @CHECKS.add("4.1", "equal micro-batches: the gradient equals the full batch",
             hint="divide each micro-batch's loss so that the k pieces add up to the window's mean")
-def _(impl):
+def equal_micro_batches_gradient_equals_full_batch(impl):
     diff, problem = _gradient_check(impl, _equal_window())
     return problem or passed(f"max |diff| {diff:.1e} vs {REFERENCE} (4 micro-batches of 2 x {SEQ} tokens)")
 
@@ -286,7 +286,7 @@ def _(impl):
 @CHECKS.add("4.1", "unequal token counts: the gradient equals the full batch",
             hint="sum-reduce each micro-batch's cross-entropy and divide by the labelled-token count of the "
                  "whole window")
-def _(impl):
+def unequal_tokens_gradient_equals_full_batch(impl):
     diff, problem = _gradient_check(impl, _unequal_window())
     counts = [_count(y) for _, y in _unequal_window()]
     return problem or passed(f"max |diff| {diff:.1e} vs {REFERENCE} (token counts {counts})")
@@ -294,7 +294,7 @@ def _(impl):
 
 @CHECKS.add("4.1", "returns the window's token-mean loss",
             hint="return the token-mean cross-entropy over the whole window (the big batch's loss), as a float")
-def _(impl):
+def returns_window_token_mean_loss(impl):
     window = _unequal_window(seed=10)
     model = _model()
     _, ref_loss = _full_batch(model, window)
@@ -320,7 +320,7 @@ def _(impl):
 
 @CHECKS.add("4.1", "two windows in a row: gradients do not leak",
             hint="zero the gradients once per window (before its first backward or after its step)")
-def _(impl):
+def gradients_do_not_leak_between_windows(impl):
     model = _model()
     first, second = _equal_window(seed=20), _unequal_window(seed=30)
     ref1, _ = _full_batch(model, first)
@@ -355,7 +355,7 @@ def _clip_per_micro_batch(model, window, max_norm):
 
 @CHECKS.add("4.1", "clipping: the window's gradient, clipped once",
             hint="clip_grad_norm_ once per window, after the last backward and before optimizer.step()")
-def _(impl):
+def clips_window_gradient_once(impl):
     window = _unequal_window(seed=40)
     model = _model()
     ref, _ = _full_batch(model, window)
@@ -411,7 +411,7 @@ def _scaler_order_problem(calls, k):
 
 @CHECKS.add("4.1", "GradScaler: scale every micro-batch, step and update once",
             hint="per micro-batch: scaler.scale(loss).backward(); per window: scaler.step(optimizer), scaler.update()")
-def _(impl):
+def grad_scaler_scales_each_micro_batch_steps_once(impl):
     window = _unequal_window(seed=50)
     model, optimizer, scaler = _scaler_run(impl, window)
     problem = _scaler_order_problem(scaler.calls, len(window))
@@ -438,7 +438,7 @@ def _(impl):
 
 @CHECKS.add("4.1", "GradScaler + clipping: unscale_ before clipping",
             hint="scaler.unscale_(optimizer), then clip_grad_norm_, then scaler.step(optimizer), scaler.update()")
-def _(impl):
+def grad_scaler_unscales_before_clipping(impl):
     window = _unequal_window(seed=60)
     ref, _ = _full_batch(_model(), window)
     max_norm = ref.norm().item() / 5
@@ -470,7 +470,7 @@ def _scheduler(optimizer):
 
 @CHECKS.add("4.1", "scheduler: one step per optimizer step",
             hint="call scheduler.step() once, after optimizer.step()")
-def _(impl):
+def scheduler_steps_once_per_optimizer_step(impl):
     model = _model()
     optimizer = _Recorder(model, lr=0.1)
     scheduler = _scheduler(optimizer)
@@ -494,7 +494,7 @@ def _(impl):
 @CHECKS.add("4.1", "bad input: clear errors, no step",
             hint="raise ValueError for an empty window, a window with no labelled position, and labels whose "
                  "shape does not match the logits")
-def _(impl):
+def bad_window_clear_errors_no_step(impl):
     cases = {"an empty window": []}
     window = _equal_window(seed=80, k=2)
     cases["a window with no labelled position (all labels -100)"] = [(x, torch.full_like(y, IGNORE)) for x, y in window]
@@ -550,7 +550,7 @@ def _windows(batches, k):
 
 @CHECKS.add("4.2", "accumulation_steps < 1 is an error",
             hint="raise ValueError in __init__ when accumulation_steps < 1")
-def _(impl):
+def accumulation_steps_below_one_is_an_error(impl):
     for bad in (0, -2):
         model = _model()
         try:
@@ -570,7 +570,7 @@ def _(impl):
 
 @CHECKS.add("4.2", "windows of k, one step each, the final partial window included",
             hint="walk the batches k at a time; step after each window, and after the last, shorter one")
-def _(impl):
+def windows_of_k_with_final_partial_window(impl):
     model = _model()
     optimizer = _Recorder(model)
     batches = _equal_batches(10)
@@ -587,7 +587,7 @@ def _(impl):
 
 @CHECKS.add("4.2", "every window equals a full-batch step, the partial one too",
             hint="normalize every window by its own token count; a partial window of m batches is not divided by k")
-def _(impl):
+def every_window_equals_full_batch_step(impl):
     model = _model()
     optimizer = _Recorder(model)
     batches = _equal_batches(10, seed=300)
@@ -614,7 +614,7 @@ def _(impl):
 
 @CHECKS.add("4.2", "unequal token counts: each window normalized by its own token count",
             hint="sum-reduce the loss and divide by the labelled-token count of each whole window")
-def _(impl):
+def windows_normalized_by_own_token_count(impl):
     model = _model()
     optimizer = _Recorder(model)
     batches = _unequal_batches()
@@ -639,7 +639,7 @@ def _(impl):
 
 @CHECKS.add("4.2", "returns one token-mean loss per window",
             hint="train returns [loss of window 1, loss of window 2, ...], each the window's token mean")
-def _(impl):
+def train_returns_one_loss_per_window(impl):
     model = _model()
     batches = _unequal_batches(seed=400)
     refs = [_full_batch(model, w)[1] for w in _windows(batches, 3)]
@@ -657,7 +657,7 @@ def _(impl):
 
 @CHECKS.add("4.2", "training equals full-batch training (SGD with momentum)",
             hint="each window must be exactly one full-batch step: same gradient, one step, zero_grad between")
-def _(impl):
+def training_equals_full_batch_training(impl):
     batches = _unequal_batches(seed=500)
     ours = _model()
     _accumulator(impl, ours, _Recorder(ours, lr=0.5, momentum=0.9), 3).train(batches)
@@ -679,7 +679,7 @@ def _(impl):
 
 @CHECKS.add("4.2", "scheduler: one step per window",
             hint="pass the scheduler to each window's step: scheduler.step() once per optimizer step")
-def _(impl):
+def train_scheduler_steps_once_per_window(impl):
     model = _model()
     optimizer = _Recorder(model, lr=0.1)
     scheduler = _scheduler(optimizer)
@@ -698,7 +698,7 @@ def _(impl):
 
 @CHECKS.add("4.2", "GradScaler: one update per window",
             hint="pass the scaler to each window's step: scale per micro-batch, step and update once per window")
-def _(impl):
+def train_grad_scaler_updates_once_per_window(impl):
     model = _model()
     optimizer = _Recorder(model)
     scaler = _SpyScaler(init_scale=SCALE, growth_interval=1)

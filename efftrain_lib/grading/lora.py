@@ -125,7 +125,7 @@ def _scaling_name(value: float, rank=RANK, alpha=ALPHA) -> str | None:
 # ------------------------------------------------------------------ Exercise 1.1: LoRALinear --
 @CHECKS.add("1.1", "lora_A and lora_B shapes",
             hint="lora_A is rank x in_features (down), lora_B is out_features x rank (up), both nn.Parameter")
-def _(impl):
+def lora_a_and_b_shapes(impl):
     base = _base()
     layer = _lora(impl, base)
     A, B = _t(layer.lora_A), _t(layer.lora_B)
@@ -145,7 +145,7 @@ def _(impl):
 
 
 @CHECKS.add("1.1", "scaling is alpha / rank", hint="self.scaling = alpha / rank")
-def _(impl):
+def scaling_is_alpha_over_rank(impl):
     for rank, alpha in ((RANK, ALPHA), (8, 2.0)):
         layer = _lora(impl, _base(), rank=rank, alpha=alpha)
         value = float(layer.scaling)
@@ -161,7 +161,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "lora_B starts at zero",
             hint="lora_B: nn.Parameter(torch.zeros(out_features, rank))")
-def _(impl):
+def lora_b_starts_at_zero(impl):
     layer = _lora(impl, _base())
     B = _t(layer.lora_B)
     if B.abs().max().item() != 0.0:
@@ -173,7 +173,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "lora_A is Kaiming-uniform (|A| <= 1/sqrt(in_features))",
             hint="lora_A: nn.Parameter(torch.empty(rank, in_features)), then nn.init.kaiming_uniform_(A, a=math.sqrt(5))")
-def _(impl):
+def lora_a_is_kaiming_uniform(impl):
     in_f = 64  # 4 x 64 = 256 samples: enough to tell the distribution apart
     layer = _lora(impl, _base(in_f, OUT))
     A = _t(layer.lora_A).detach()
@@ -196,7 +196,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "output equals base at init",
             hint="lora_B must start at zero: the output at step 0 must equal the base model's")
-def _(impl):
+def output_equals_base_at_init(impl):
     base = _base()
     frozen_copy = copy.deepcopy(base)
     layer = _lora(impl, base)
@@ -222,7 +222,7 @@ def _diagnose_forward(y, base_y, lora_y) -> str:
 
 @CHECKS.add("1.1", "forward matches PEFT's LoRA (B != 0)",
             hint="forward must be base(x) + (dropout(x) @ lora_A.T @ lora_B.T) * scaling, for any leading dims")
-def _(impl):
+def forward_matches_peft(impl):
     ours, ref, base, A, B = _pair(impl)
     ours.eval(), ref.eval()
     x = torch.randn(2, 3, IN)
@@ -237,7 +237,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "gradients match PEFT's LoRA (A, B and input)",
             hint="the LoRA branch must be differentiable: no .detach(), no torch.no_grad() in forward")
-def _(impl):
+def gradients_match_peft(impl):
     ours, ref, _, _, _ = _pair(impl)
     x = torch.randn(2, 3, IN)
     g = torch.randn(2, 3, OUT)
@@ -265,7 +265,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "gradients reach lora_B at init and lora_A once B != 0",
             hint="A and B must be trainable parameters (requires_grad=True) used in forward")
-def _(impl):
+def gradients_reach_a_and_b(impl):
     layer = _lora(impl, _base())
     A, B = _t(layer.lora_A), _t(layer.lora_B)
     if not (A.requires_grad and B.requires_grad):
@@ -315,19 +315,19 @@ def _frozen_check(impl, which: str):
 @CHECKS.add("1.1", "base weight frozen",
             hint="freeze the wrapped layer: base.weight.requires_grad_(False); forward must run with the "
                  "documented lora_A / lora_B shapes")
-def _(impl):
+def base_weight_frozen(impl):
     return _frozen_check(impl, "weight")
 
 
 @CHECKS.add("1.1", "base bias frozen",
             hint="freeze the wrapped layer, bias included: for p in base.parameters(): p.requires_grad_(False)")
-def _(impl):
+def base_bias_frozen(impl):
     return _frozen_check(impl, "bias")
 
 
 @CHECKS.add("1.1", "dropout leaves the base path alone",
             hint="dropout acts on the LoRA branch's input only: base(x) must see the clean x")
-def _(impl):
+def dropout_leaves_base_path_alone(impl):
     base = _base()
     ref = copy.deepcopy(base)
     layer = _lora(impl, base, dropout=0.9)
@@ -346,7 +346,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "dropout drops the LoRA branch's inputs in train mode",
             hint="apply nn.Dropout(p) to x on the LoRA branch: base(x) + B(A(dropout(x))) * scaling")
-def _(impl):
+def dropout_drops_lora_inputs_in_train_mode(impl):
     p = 0.5
     base = _base()
     layer = _lora(impl, copy.deepcopy(base), dropout=p)
@@ -382,7 +382,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "no dropout in eval mode",
             hint="use nn.Dropout (off in eval mode), or F.dropout(x, p, training=self.training)")
-def _(impl):
+def no_dropout_in_eval_mode(impl):
     base = _base()
     A, B = _random_AB()
     with_dropout = _lora(impl, copy.deepcopy(base), dropout=0.5)
@@ -434,7 +434,7 @@ def _diagnose_merge(W, W0, A, B, scaling) -> str:
 
 @CHECKS.add("1.2", "merge keeps the output",
             hint="after merge(), forward must return base(x) only (the update is inside base.weight now)")
-def _(impl):
+def merge_keeps_output(impl):
     worst = 0.0
     for in_f, out_f in _MERGE_SHAPES:
         ours, ref, A, B, W0, b0 = _merge_setup(impl, in_f, out_f)
@@ -459,7 +459,7 @@ def _(impl):
 
 @CHECKS.add("1.2", "merged weight is W + B @ A * scaling (PEFT's merge)",
             hint="merge: base.weight += (lora_B @ lora_A) * scaling, in place under torch.no_grad()")
-def _(impl):
+def merged_weight_matches_peft_merge(impl):
     worst = 0.0
     for in_f, out_f in _MERGE_SHAPES:
         ours, ref, A, B, W0, b0 = _merge_setup(impl, in_f, out_f)
@@ -485,7 +485,7 @@ def _(impl):
 
 @CHECKS.add("1.2", "unmerge restores W and the output",
             hint="unmerge: base.weight -= (lora_B @ lora_A) * scaling, then forward adds the branch again")
-def _(impl):
+def unmerge_restores_weight_and_output(impl):
     worst = 0.0
     for in_f, out_f in _MERGE_SHAPES:
         ours, ref, A, B, W0, b0 = _merge_setup(impl, in_f, out_f)
@@ -632,7 +632,7 @@ def _matching_failure(targets, want, got, original):
 
 
 @CHECKS.add("1.3", "returns the model (in place)", hint="apply_lora modifies the model in place and returns it")
-def _(impl):
+def apply_lora_returns_model_in_place(impl):
     model = TinyModel()
     out = impl.apply_lora(model, ["q_proj"], RANK, ALPHA)
     if out is not model:
@@ -644,7 +644,7 @@ def _(impl):
 @CHECKS.add("1.3", "wraps exactly the targeted Linear layers",
             hint="replace each matching nn.Linear by LoRALinear(module, rank, alpha, dropout) on its parent "
                  "(setattr(parent, child_name, ...))")
-def _(impl):
+def wraps_exactly_targeted_linears(impl):
     targets = ["q_proj", "v_proj"]
     model, original, _ = _apply(impl, targets)
     want, got = _peft_targets(original, targets), _wrapped(model)
@@ -670,7 +670,7 @@ def _(impl):
 
 
 @CHECKS.add("1.3", "name matching: 'q' does not match 'q_proj'", hint=_MATCHING)
-def _(impl):
+def name_q_does_not_match_q_proj(impl):
     targets = ["q"]
     want, got, original = _compare_targets(impl, targets)
     if got != want:
@@ -679,7 +679,7 @@ def _(impl):
 
 
 @CHECKS.add("1.3", "name matching: 'proj' does not match 'o_proj'", hint=_MATCHING)
-def _(impl):
+def name_proj_does_not_match_o_proj(impl):
     targets = ["proj"]
     want, got, original = _compare_targets(impl, targets)
     if got != want:
@@ -689,7 +689,7 @@ def _(impl):
 
 @CHECKS.add("1.3", "name matching: dotted suffixes and full names",
             hint="match like PEFT: name == target or name.endswith('.' + target)")
-def _(impl):
+def name_matches_dotted_suffix_and_full_name(impl):
     targets = ["attn.v_proj", "layers.1.attn.k_proj", "lm_head"]
     want, got, original = _compare_targets(impl, targets)
     if got != want:
@@ -703,7 +703,7 @@ _NON_LINEAR = {"q_norm": "the LayerNorm", "attn": "the container", "mlp": "the n
 @CHECKS.add("1.3", "skips (or clearly rejects) non-Linear modules",
             hint="only nn.Linear modules get LoRA: skip LayerNorm, Embedding and containers whose names match "
                  "(isinstance(module, nn.Linear)), or raise a ValueError / TypeError naming them, as PEFT does")
-def _(impl):
+def skips_non_linear_modules(impl):
     # The exercise asks to skip them. PEFT raises a ValueError for an unsupported matched module, and the
     # course library raises a TypeError: a clear error that names the module is accepted too. A crash
     # such as "'LayerNorm' object has no attribute 'in_features'" is not.
@@ -732,7 +732,7 @@ def _(impl):
 
 @CHECKS.add("1.3", "freezes everything except LoRA",
             hint="freeze every parameter of the model (requires_grad_(False)) except lora_A and lora_B")
-def _(impl):
+def freezes_everything_except_lora(impl):
     model, _, _ = _apply(impl, ["q_proj", "v_proj"])
     lora = {id(_t(getattr(m, k))) for n, m in model.named_modules() if n in _wrapped(model)
             for k in ("lora_A", "lora_B")}
@@ -751,7 +751,7 @@ def _(impl):
 
 @CHECKS.add("1.3", "model output unchanged at init",
             hint="wrap the existing layer (LoRALinear(module, ...)), do not build a new nn.Linear")
-def _(impl):
+def model_output_unchanged_at_init(impl):
     model, original, _ = _apply(impl, ["q_proj", "v_proj", "lm_head"])
     ids = torch.randint(0, 11, (2, 5))
     model.eval(), original.eval()
@@ -766,7 +766,7 @@ def _(impl):
 
 @CHECKS.add("1.3", "passes rank, alpha and dropout to each LoRALinear",
             hint="LoRALinear(module, rank, alpha, dropout) with apply_lora's own arguments")
-def _(impl):
+def passes_rank_alpha_dropout_to_each_layer(impl):
     rank, alpha = 2, 6.0
     model, _, _ = _apply(impl, ["q_proj", "v_proj"], rank=rank, alpha=alpha, dropout=0.5)
     wrapped = [m for n, m in model.named_modules() if n in _wrapped(model)]
@@ -804,7 +804,7 @@ def _count(impl, model):
 
 @CHECKS.add("1.4", "counts a plain model, biases included",
             hint="return (trainable, total): sums of p.numel() over model.parameters()")
-def _(impl):
+def counts_plain_model_with_biases(impl):
     model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 3, bias=False))  # 55 + 15
     got = _count(impl, model)
     if got != (70, 70):
@@ -817,7 +817,7 @@ def _(impl):
 
 @CHECKS.add("1.4", "frozen parameters are not trainable",
             hint="trainable counts only parameters with requires_grad=True")
-def _(impl):
+def frozen_parameters_not_trainable(impl):
     model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 3, bias=False))
     model[0].weight.requires_grad_(False)  # 50 frozen: trainable 5 + 15 = 20, total 70
     got = _count(impl, model)
@@ -836,7 +836,7 @@ def _(impl):
 
 @CHECKS.add("1.4", "shared (tied) parameters counted once",
             hint="iterate model.parameters(): it yields a shared tensor once")
-def _(impl):
+def tied_parameters_counted_once(impl):
     embed, head = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False)
     head.weight = embed.weight  # tied, as in GPT-2: 40 parameters, not 80
     model = nn.Sequential(embed, head)

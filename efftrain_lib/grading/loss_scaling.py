@@ -209,7 +209,7 @@ def _full_run(scaler, steps=16, clip=0.5, fp16=True):
 # ------------------------------------------------------- Exercise 3.1: constructor and scale --
 @CHECKS.add("3.1", "scale(loss) multiplies by init_scale; get_scale() returns it",
             hint="self._scale = float(init_scale); scale(loss) returns loss * scale; get_scale() returns it")
-def _(impl):
+def scale_multiplies_by_init_scale(impl):
     scaler = _scaler(impl)
     value = float(scaler.get_scale())
     if value != INIT:
@@ -252,7 +252,7 @@ _BAD_ARGUMENTS = [
 @CHECKS.add("3.1", "bad arguments raise ValueError",
             hint="validate in __init__: growth_factor > 1, 0 < backoff_factor < 1, growth_interval >= 1, "
                  "a finite init_scale > 0")
-def _(impl):
+def bad_arguments_raise_value_error(impl):
     for kwargs, what in _BAD_ARGUMENTS:
         try:
             impl.LossScaler(**kwargs)
@@ -272,7 +272,7 @@ def _(impl):
 # --------------------------------------------------------------------- Exercise 3.2: unscale_ --
 @CHECKS.add("3.2", "unscale_ divides the gradients by the scale (equal to GradScaler)",
             hint="multiply every gradient by 1/scale in place: torch._foreach_mul_(grads, 1.0 / scale)")
-def _(impl):
+def unscale_divides_gradients_like_grad_scaler(impl):
     ours, ref = _scaler(impl), _ref(init_scale=INIT)
     results = []
     for scaler in (ours, ref):
@@ -301,7 +301,7 @@ def _(impl):
 @CHECKS.add("3.2", "unscale_ twice before update() raises RuntimeError",
             hint="remember which optimizers were unscaled since the last update() and raise RuntimeError on a "
                  "second unscale_")
-def _(impl):
+def unscale_twice_raises_runtime_error(impl):
     scaler = _scaler(impl)
     param, optimizer = _param_and_opt()
     _backward(scaler, param)
@@ -323,7 +323,7 @@ def _(impl):
 
 @CHECKS.add("3.2", "fp16 gradients are refused (fp32 master weights)",
             hint="raise ValueError when a gradient is torch.float16: the optimizer must hold fp32 master weights")
-def _(impl):
+def fp16_gradients_refused(impl):
     scaler = _scaler(impl)
     param = nn.Parameter(torch.ones(4, dtype=torch.float16))
     optimizer = torch.optim.SGD([param], lr=0.1)
@@ -346,7 +346,7 @@ def _(impl):
 # ------------------------------------------------------------------------- Exercise 3.3: step --
 @CHECKS.add("3.3", "step skips the optimizer on inf/NaN",
             hint="if unscale_ found an inf or NaN gradient, do not call optimizer.step()")
-def _(impl):
+def step_skips_optimizer_on_overflow(impl):
     for bad, name in ((INF, "inf"), (NAN, "NaN")):
         scaler = _scaler(impl)
         param, optimizer = _param_and_opt()
@@ -363,7 +363,7 @@ def _(impl):
 
 @CHECKS.add("3.3", "step unscales when unscale_ was not called",
             hint="in step(): if unscale_ was not called for this optimizer since the last update(), call it")
-def _(impl):
+def step_unscales_when_unscale_not_called(impl):
     scaler = _scaler(impl)
     param, optimizer = _param_and_opt(lr=0.5)
     ref_param, ref_opt = _param_and_opt(lr=0.5)
@@ -385,7 +385,7 @@ def _(impl):
 
 @CHECKS.add("3.3", "step after unscale_ does not unscale again",
             hint="after an explicit unscale_, step() must not divide the gradients a second time")
-def _(impl):
+def step_after_unscale_does_not_unscale_again(impl):
     scaler = _scaler(impl)
     param, optimizer = _param_and_opt(lr=0.5)
     _backward(scaler, param)
@@ -406,7 +406,7 @@ def _(impl):
 
 @CHECKS.add("3.3", "step returns True when it stepped and False when it skipped",
             hint="return True after optimizer.step(), False when the step was skipped")
-def _(impl):
+def step_returns_whether_it_stepped(impl):
     results = []
     for bad in (None, INF):
         scaler = _scaler(impl)
@@ -423,14 +423,14 @@ def _(impl):
 # ----------------------------------------------------------------------- Exercise 3.4: update --
 @CHECKS.add("3.4", "an overflow backs off the scale",
             hint="in update(): if inf/NaN was found, scale *= backoff_factor")
-def _(impl):
+def overflow_backs_off_scale(impl):
     return _trajectory_check(impl, "FFIFN", 100,
                              "an overflow must multiply the scale by backoff_factor in update()")
 
 
 @CHECKS.add("3.4", "growth needs growth_interval consecutive finite steps",
             hint="reset the growth counter to 0 on overflow; count only consecutive finite steps")
-def _(impl):
+def growth_needs_consecutive_finite_steps(impl):
     return _trajectory_check(impl, "FFIFFFFFNFFF", 3,
                              "growth must wait for growth_interval *consecutive* finite steps: reset the growth "
                              "counter to 0 on every overflow, and do not count the overflowing step")
@@ -438,7 +438,7 @@ def _(impl):
 
 @CHECKS.add("3.4", "the growth counter resets after growth",
             hint="after growing the scale, set the growth counter back to 0")
-def _(impl):
+def growth_counter_resets_after_growth(impl):
     return _trajectory_check(impl, "FFFFFFFFF", 3,
                              "after a growth the counter must restart at 0, so the next growth waits another "
                              "growth_interval steps")
@@ -446,7 +446,7 @@ def _(impl):
 
 @CHECKS.add("3.4", "the scale never grows to inf",
             hint="grow only if scale * growth_factor is finite in fp32 (torch keeps the scale in fp32)")
-def _(impl):
+def scale_never_grows_to_inf(impl):
     top = 2.0**127  # fp32's largest power of two
     scaler = _scaler(impl, init_scale=top, growth_interval=1)
     scales, _ = _drive(scaler, "FFF")
@@ -460,7 +460,7 @@ def _(impl):
 
 @CHECKS.add("3.4", "a run with injected overflows equals torch.amp.GradScaler",
             hint="scale, unscale_, step and update together must reproduce GradScaler exactly")
-def _(impl):
+def run_with_overflows_equals_grad_scaler(impl):
     ours = _full_run(_scaler(impl, growth_interval=3))
     ref = _full_run(_ref(init_scale=INIT, growth_interval=3))
     detail = f"16 fp16 steps, overflows at {sorted(INJECT)}, unscale_ + clip 0.5, AdamW"
@@ -490,7 +490,7 @@ def _diagnose_run(impl) -> str | None:
 # --------------------------------------------------------------- Exercise 3.5: state_dict --
 @CHECKS.add("3.5", "state_dict has GradScaler's keys and values",
             hint="return {'scale', 'growth_factor', 'backoff_factor', 'growth_interval', '_growth_tracker'}")
-def _(impl):
+def state_dict_matches_grad_scaler(impl):
     scaler = _scaler(impl, growth_interval=5)
     ref = _ref(init_scale=INIT, growth_interval=5)
     for s in (scaler, ref):
@@ -509,7 +509,7 @@ def _(impl):
 
 @CHECKS.add("3.5", "load_state_dict resumes mid-run (also from GradScaler's state_dict)",
             hint="load_state_dict must restore the scale, the factors, growth_interval and _growth_tracker")
-def _(impl):
+def load_state_dict_resumes_mid_run(impl):
     first, second = "FFIFF", "FIFFFFF"
     full, _ = _drive(_scaler(impl, growth_interval=3), first + second)
     for source in ("LossScaler", "torch.amp.GradScaler"):
@@ -563,7 +563,7 @@ def _mse(output, target):
 
 @CHECKS.add("3.6", "train_step clips the unscaled gradients",
             hint="scaler.unscale_(optimizer) before clip_grad_norm_, then scaler.step and scaler.update")
-def _(impl):
+def train_step_clips_unscaled_gradients(impl):
     x, y = _data()
     ours_model, ref_model = _mlp(), _mlp()
     ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.1)
@@ -590,7 +590,7 @@ def _(impl):
 
 @CHECKS.add("3.6", "train_step skips the step on overflow and updates the scale",
             hint="call scaler.step(optimizer) (not optimizer.step()) and scaler.update() every step")
-def _(impl):
+def train_step_skips_on_overflow_and_updates_scale(impl):
     x, y = _data()
     model = _mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -620,7 +620,7 @@ def _(impl):
 @CHECKS.add("3.6", "train_step over a run equals the GradScaler recipe",
             hint="autocast forward, scaler.scale(loss).backward(), unscale_, clip, scaler.step, scaler.update, "
                  "zero_grad")
-def _(impl):
+def train_step_run_equals_grad_scaler_recipe(impl):
     x, y = _data()
     ours_model, ref_model = _mlp(), _mlp()
     ours_opt = torch.optim.AdamW(ours_model.parameters(), lr=1e-2)
