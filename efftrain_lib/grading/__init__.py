@@ -19,8 +19,10 @@ mistake in tests/grading/mistakes/<chapter>/ (see tests/grading/test_graders_pro
 tests/grading/grader_proofs.py; each chapter declares its proof in tests/grading/test_<chapter>_graders.py).
 
 A check that raises NotImplementedError is reported as a stub, another exception as an error (type
-and message, plus the check's default hint), a check that runs too long as timed out: the harness
-(efftrain_lib/grade.py) does that, so checks are plain straight-line code.
+and message, plus the check's default hint), a check that runs too long as timed out, one whose process
+dies (os._exit, a segfault) as an error naming the exit status: the harness (efftrain_lib/grade.py, which
+runs the checks in a child process, efftrain_lib/grade_runner.py) does that, so checks are plain
+straight-line code. A grader module must be importable by name: the child process imports it.
 
 To add a chapter: write its grader module here and make sure CHAPTERS below names it. The chapters
 of the course are registered already; the harness reports "no graders yet" for a missing module.
