@@ -30,6 +30,7 @@ import html
 import importlib.util
 import itertools
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -121,10 +122,22 @@ def grader_module(chapter: str) -> str:
     return spec.grader
 
 
+def valid_timeout(timeout: object) -> float:
+    """The per-check timeout in seconds: a finite number > 0 (a check past it is killed)."""
+    try:
+        seconds = float(timeout)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(timeout, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    return seconds
+
+
 def grade(chapter: str, impl: str | Path = "exercises", *, exercise: str | list[str] | None = None,
           timeout: float = DEFAULT_TIMEOUT_S) -> "Report":
     """Grade the chapter's file in `impl` (a directory or a .py file). Never raises for learner
     errors: every problem becomes a row of the report."""
+    timeout = valid_timeout(timeout)
     grader = grader_module(chapter)
     checks, exercises = grade_runner.describe(grader)
     selected = list(range(len(checks)))
@@ -264,6 +277,13 @@ def check(chapter: str, impl: str | Path = "exercises", *, exercise: str | list[
 
 
 # ---------------------------------------------------------------------------------------- CLI --
+def _timeout_argument(text: str) -> float:
+    try:
+        return valid_timeout(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m efftrain_lib.grade",
@@ -273,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", default="exercises",
                         help="directory holding the chapter's file, or the .py file (default: exercises)")
     parser.add_argument("--exercise", action="append", help="only this exercise, e.g. 1.2 (repeatable)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help="seconds per check (a check past it is killed)")
+    parser.add_argument("--timeout", type=_timeout_argument, default=DEFAULT_TIMEOUT_S,
+                        help="seconds per check (a finite number > 0; a check past it is killed)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results")
     args = parser.parse_args(argv)
     try:

@@ -114,6 +114,20 @@ def test_a_grader_the_child_cannot_import_is_refused_clearly(monkeypatch):
         grade("in_memory")
 
 
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan"), "soon", None, True])
+def test_timeout_must_be_a_finite_number_of_seconds(demo, timeout):
+    with pytest.raises(ValueError, match=r"timeout must be a finite number of seconds > 0"):
+        grade("demo", demo, timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", ["0", "-2", "inf", "nan", "soon"])
+def test_cli_refuses_a_timeout_that_is_not_finite_and_positive(demo, capsys, timeout):
+    with pytest.raises(SystemExit) as stopped:
+        main(["demo", "--impl", str(demo), "--timeout", timeout])
+    assert stopped.value.code == 2
+    assert "--timeout: timeout must be a finite number of seconds > 0" in capsys.readouterr().err
+
+
 def test_registered_chapters_name_their_files():
     assert CHAPTERS["lora"].filename == "lora.py"
     assert CHAPTERS["lora"].grader == "efftrain_lib.grading.lora"
