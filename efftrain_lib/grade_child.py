@@ -69,8 +69,16 @@ def load_module(path: str | Path, name: str | None = None) -> ModuleType:
 
 
 # ------------------------------------------------------------------ describing what went wrong --
+def safe_str(obj: object) -> str:
+    """str(obj), or a note saying that failed: a learner's exception can define a __str__ that raises."""
+    try:
+        return str(obj)
+    except BaseException as exc:  # noqa: BLE001 - the learner's code, reported, never re-raised
+        return f"<str() of this {type(obj).__name__} raised {type(exc).__name__}>"
+
+
 def short(text: object) -> str:
-    text = " ".join(str(text).split())
+    text = " ".join(safe_str(text).split())
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
 
 
@@ -88,15 +96,15 @@ def _where(tb, path: Path | None) -> str:
 def describe_exception(exc: BaseException, tb, path: Path | None) -> tuple[str, str]:
     """(status, detail) for an exception raised by learner code."""
     if isinstance(exc, NotImplementedError):
-        return STUB, short(f"not implemented yet (stub): {exc}".rstrip(": "))
-    message = str(exc).strip() or "(no message)"
+        return STUB, short(f"not implemented yet (stub): {safe_str(exc)}".rstrip(": "))
+    message = safe_str(exc).strip() or "(no message)"
     return ERROR, short(f"{type(exc).__name__}: {message}{_where(tb, path)}")
 
 
 def _load_problem(exc: BaseException, path: Path) -> str:
     """What stopped the learner's file from loading (the parent prefixes "could not load FILE: ")."""
     if isinstance(exc, SyntaxError) and isinstance(exc.lineno, int):
-        return short(f"SyntaxError: {exc.msg} (line {exc.lineno})")
+        return short(f"SyntaxError: {safe_str(exc.msg)} (line {exc.lineno})")
     return describe_exception(exc, exc.__traceback__, path)[1]
 
 

@@ -2,7 +2,7 @@
 
 The learner's code runs in a child process that the grader kills on timeout: a loop that swallows every
 exception, a C call that holds the GIL, os._exit or a segfault in a check or at import, prints to stdout
-and stderr. Each is reported for the check it happened in, the
+and stderr, an exception whose __str__ raises. Each is reported for the check it happened in, the
 remaining checks still run, nothing is left running, and afterwards the reference solutions still grade
 as passing in the same process. The same from a Jupyter kernel, and where fork is not available.
 """
@@ -147,6 +147,20 @@ def test_os_exit_at_import_fails_every_check(demo):
                "it (os._exit or sys.exit at import time?)" for r in report.results)
     assert all(r.hint == "fix the file so that it imports" for r in report.results)
     assert_solutions_still_pass()
+
+
+def test_an_exception_whose_str_raises_is_reported(demo):
+    raising = ("class Weird(Exception):\n"
+               "    def __str__(self):\n"
+               "        raise RuntimeError('no str for you')\n")
+    impl = write_demo(demo / "in_check", raising + "def add(a, b):\n    raise Weird()\n" + MUL)
+    add, mul = grade("demo", impl).results
+    assert add.status == "error"
+    assert add.detail == "Weird: <str() of this Weird raised RuntimeError> (demo.py line 5, in add)"
+    assert mul.passed
+    at_import = write_demo(demo / "at_import", raising + "raise Weird()\n" + GOOD_DEMO)
+    assert all(r.detail == f"could not load {at_import / 'demo.py'}: Weird: <str() of this Weird raised "
+               "RuntimeError> (demo.py line 4, in <module>)" for r in grade("demo", at_import).results)
 
 
 # ------------------------------------------------------------------------------------ output --
