@@ -17,6 +17,7 @@ Infrastructure:
   data            texts, tokenizer, batches         training        the training loop
   reference_models  a tiny LlamaForCausalLM and the bridge to PEFT
   grade, grading  the exercise grader (python -m efftrain_lib.grade CHAPTER)
+  grade_runner, grade_child  where the learner's code runs: a child process the grader can kill
 """
 
 __version__ = "0.1.0"

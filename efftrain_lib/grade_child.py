@@ -14,8 +14,8 @@ The worker's stdout and stderr (file descriptors 1 and 2, so output from C and w
 the parent reads after each message: what the learner's code printed is reported with the check that
 printed it, and never mixed into the parent's own output (the CLI's --json).
 
-Where os.fork does not exist (Windows) the server runs each grade itself, and the parent replaces it after
-a death or a kill (slower: a fresh server imports torch again).
+Where fork is missing or unsafe (Windows, macOS) the server runs each grade itself, and the parent replaces
+it after a death or a kill (slower: a fresh server imports torch again).
 
 This module is also imported by the parent (load_module, the statuses), so it imports nothing heavy at
 the top: torch is imported by the server, before its first fork.

@@ -32,7 +32,10 @@ from pathlib import Path
 
 from efftrain_lib.grade_child import ERROR, TIMEOUT, short
 
-FORK_WORKERS = hasattr(os, "fork")  # without fork (Windows) the server grades in-process, see grade_child
+# Without a safe fork the server grades in-process, and is replaced after a kill or a death (see
+# grade_child): Windows has no fork, and on macOS a fork after system frameworks are loaded can crash
+# (why multiprocessing defaults to spawn there).
+FORK_WORKERS = hasattr(os, "fork") and sys.platform != "darwin"
 START_LIMIT_S = 600.0  # our own code's work (starting Python, importing torch and PEFT on a busy machine)
 EXIT_LIMIT_S = 10.0  # for a killed worker's exit to be reported
 MAX_OUTPUT = 2000  # characters of a check's printed output kept (the last ones)
@@ -327,18 +330,22 @@ class _Worker:
         if not self.forked:
             _discard()
             return
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(self.pid, signal.SIGKILL)
-                break
-            except OSError:
-                continue
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass  # it ended on its own meanwhile
         self.ended(self.server.reply(EXIT_LIMIT_S))
 
     def ended(self, message: dict) -> int | None:
-        """Its exit code, from the message that said it ended (or from waiting for that message)."""
+        """Its exit code, from the message that said it ended (or from waiting for that message); then
+        whatever it started that still runs is killed too."""
         while message["op"] not in ("finished", "gone", "timeout", "unreadable"):
             message = self.server.reply(EXIT_LIMIT_S)  # a late result of a killed check: dropped
+        if self.forked:
+            try:  # its process group: a group id is not reused while any member lives
+                os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass  # nothing left
         if message["op"] == "finished" and message["code"] is not None:
             return message["code"]
         code = self.server.exit_code() if message["op"] == "gone" else None
@@ -350,8 +357,7 @@ class _Worker:
         message = self.server.reply(EXIT_LIMIT_S)
         while message["op"] == "done":
             message = self.server.reply(EXIT_LIMIT_S)
-        if message["op"] != "finished":
-            self.ended(message)
+        self.ended(message)
 
 
 def _cwd() -> str | None:

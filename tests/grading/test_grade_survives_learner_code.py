@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -40,16 +41,29 @@ def _worker_processes() -> list[str]:
     return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
 
 
+def _starts_a_sleeper() -> tuple[str, str]:
+    """(marker, the start of a demo.py whose add() first starts a 10-minute subprocess tagged marker)."""
+    marker = f"efftrain-test-{uuid.uuid4().hex}"
+    return marker, ("import subprocess, sys, time\n"
+                    "def add(a, b):\n"
+                    f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', '{marker}'])\n")
+
+
 def _running_with(marker: str) -> list[str]:
-    """Processes whose command line holds `marker`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                found.append(entry.name)
-        except OSError:
-            continue
-    return found
+    """Processes whose command line holds `marker`, once the kill sent to them has had time to land
+    (SIGKILL is delivered asynchronously; waits up to 10 s for them to go)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(entry.name)
+            except OSError:
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------------- timeouts --
@@ -65,15 +79,12 @@ def test_a_hanging_check_times_out_and_leaves_nothing_running():
 @linux_only
 def test_a_loop_that_swallows_every_exception_is_killed_with_what_it_started(demo):
     # An exception injected into a thread (the old harness's way to stop a check) is swallowed here.
-    marker = f"efftrain-test-{uuid.uuid4().hex}"
-    impl = write_demo(demo, f"import subprocess, sys, time\n"
-                            f"def add(a, b):\n"
-                            f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', '{marker}'])\n"
-                            f"    while True:\n"
-                            f"        try:\n"
-                            f"            time.sleep(0.01)\n"
-                            f"        except BaseException:\n"
-                            f"            pass\n" + MUL)
+    marker, starts = _starts_a_sleeper()
+    impl = write_demo(demo, starts + "    while True:\n"
+                                     "        try:\n"
+                                     "            time.sleep(0.01)\n"
+                                     "        except BaseException:\n"
+                                     "            pass\n" + MUL)
     report = grade("demo", impl, timeout=0.5)
     add, mul = report.results
     assert add.status == "timeout" and add.detail.startswith("timed out after 0.5 s")
@@ -111,6 +122,13 @@ def test_an_interrupt_stops_the_check_and_the_grader_stays_warm(demo):
     assert grade("demo", demo / "good").all_passed
 
 
+@linux_only
+def test_a_passing_check_leaves_nothing_running_either(demo):
+    marker, starts = _starts_a_sleeper()
+    assert grade("demo", write_demo(demo, starts + "    return a + b\n" + MUL)).all_passed
+    assert _worker_processes() == [] and _running_with(marker) == []
+
+
 # ------------------------------------------------------------------------------------ deaths --
 def test_os_exit_in_a_check_fails_that_check_and_the_rest_still_run(demo):
     impl = write_demo(demo, "import os\ndef add(a, b):\n    os._exit(0)\n" + MUL)
@@ -127,6 +145,7 @@ def test_sys_exit_in_a_check_is_an_error_not_an_exit(demo):
     add, mul = grade("demo", impl).results
     assert (add.status, add.detail) == ("error", "SystemExit: 3 (demo.py line 3, in add)")
     assert mul.passed
+    assert_solutions_still_pass()
 
 
 def test_a_segfault_is_reported_with_its_traceback(demo):
@@ -161,6 +180,7 @@ def test_an_exception_whose_str_raises_is_reported(demo):
     at_import = write_demo(demo / "at_import", raising + "raise Weird()\n" + GOOD_DEMO)
     assert all(r.detail == f"could not load {at_import / 'demo.py'}: Weird: <str() of this Weird raised "
                "RuntimeError> (demo.py line 4, in <module>)" for r in grade("demo", at_import).results)
+    assert_solutions_still_pass()
 
 
 # ------------------------------------------------------------------------------------ output --
@@ -185,6 +205,7 @@ def test_prints_are_reported_with_the_check_that_printed_them(demo, capfd):
     assert "printed while loading: stdout at import stderr at import" in report.to_text()
     assert "printed: stdout in add stderr in add fd 1 in add" in report.to_text()
     assert "printed: stdout in add" in report._repr_html_()
+    assert_solutions_still_pass()
 
 
 def test_json_stays_parseable_when_the_learner_prints(demo, capfd):
@@ -194,6 +215,7 @@ def test_json_stays_parseable_when_the_learner_prints(demo, capfd):
     assert err == ""
     assert data["all_passed"] and data["output"] == "stdout at import\nstderr at import\n"
     assert data["results"][0]["output"] == "stdout in add\nstderr in add\nfd 1 in add"
+    assert_solutions_still_pass()
 
 
 def test_cli_reports_os_exit_at_import_as_a_failure(tmp_path):
@@ -223,8 +245,8 @@ def test_every_check_starts_from_the_same_seed(demo):
 
 
 def test_without_fork_the_server_grades_itself_and_is_replaced_after_a_death_or_a_kill(demo, monkeypatch):
-    # Where os.fork does not exist (Windows), the server runs the checks itself: a death or a kill ends
-    # it, and a fresh one runs the remaining checks.
+    # Where fork is missing or unsafe (Windows, macOS), the server runs the checks itself: a death or a
+    # kill ends it, and a fresh one runs the remaining checks.
     monkeypatch.setattr(grade_runner, "FORK_WORKERS", False)
     monkeypatch.setattr(grade_runner, "_server", None)  # servers of its own: the warm one is kept for later
     try:
@@ -234,6 +256,7 @@ def test_without_fork_the_server_grades_itself_and_is_replaced_after_a_death_or_
                       timeout=0.5)
         assert [r.status for r in spins.results] == ["timeout", "pass"]
         assert grade("demo", write_demo(demo / "good", GOOD_DEMO)).all_passed
+        assert_solutions_still_pass("memory_math")  # (no PEFT to import again in these servers)
     finally:
         grade_runner._discard()
 
