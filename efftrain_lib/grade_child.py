@@ -221,7 +221,7 @@ def _work(job: dict, replies: int) -> None:
 
     import torch
 
-    checks = list(_prepared(job["grader"]).CHECKS)  # a server started after a death has not yet
+    checks = list(_prepared(job["grader"]).CHECKS)  # cached, unless this server was started after a death
     with _output_to(job["output"]), _working_directory(job["cwd"]), _threads(torch, 1):
         send(op="started", pid=pid)
         path = Path(job["path"])

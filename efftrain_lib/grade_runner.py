@@ -13,6 +13,12 @@ per check. The parent waits for each result at most `timeout` seconds: a worker 
 killed (its whole process group), and one that dies is reported with its exit status; either way the
 remaining checks run in a fresh worker. A dead or silent worker is a failure: a check passes only when
 its own "pass" came back.
+
+Why not multiprocessing's forkserver: its preloaded modules are fixed, process-wide, when it starts, so
+either every grade of any chapter pays for PEFT (seconds per CLI run) or every LoRA grade imports it
+again; the server here prepares a chapter's grader the first time it is asked and every later fork
+inherits it. And it starts with `python -c`, not spawn, which re-runs the parent's __main__ (a learner's
+script that calls check() without a main guard would start itself again).
 """
 
 from __future__ import annotations
