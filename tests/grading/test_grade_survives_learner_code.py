@@ -255,8 +255,6 @@ def test_without_fork_the_server_grades_itself_and_is_replaced_after_a_death_or_
         spins = grade("demo", write_demo(demo / "spins", "def add(a, b):\n    while True:\n        pass\n" + MUL),
                       timeout=0.5)
         assert [r.status for r in spins.results] == ["timeout", "pass"]
-        assert grade("demo", write_demo(demo / "good", GOOD_DEMO)).all_passed
-        assert_solutions_still_pass("memory_math")  # (no PEFT to import again in these servers)
     finally:
         grade_runner._discard()
 
