@@ -27,6 +27,7 @@ Exploring:
   *_explorer      each chapter's slider logic        memory_advisor  "which technique do I need?"
 Teaching:
   chapters        the chapter registry               grade, grading  the exercise grader
+  grade_runner, grade_child  where the learner's code runs: a child process the grader can kill
   drill/          interview drill cards, one module per job (bank, answers, progress, session,
                   terminal, widget)
 """

@@ -22,7 +22,7 @@ LAYERS = {
     "measuring": {"saved_tensors", "meter", "memory", "memory_replay", "memory_validation"},
     "exploring": {"widgets", "liveplot", "memory_advisor", "lora_explorer", "checkpointing_explorer",
                   "precision_explorer", "accumulation_explorer", "memory_explorer", "qlora_explorer"},
-    "teaching": {"chapters", "grade", "grading", "drill"},
+    "teaching": {"chapters", "grade", "grade_runner", "grade_child", "grading", "drill"},
 }
 RANK = {name: rank for rank, layer in enumerate(LAYERS.values()) for name in layer}
 

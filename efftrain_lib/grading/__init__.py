@@ -6,19 +6,23 @@ A grader module (e.g. efftrain_lib/grading/lora.py) defines
     EXERCISES = {"1.1": "LoRALinear: ...", ...}   # titles, for the report (optional)
 
     @CHECKS.add("1.1", "output equals base at init", hint="lora_B must start at zero ...")
-    def _(impl):                           # impl: the learner's module, loaded from <DIR>/<file>
+    def output_equals_base_at_init(impl):  # impl: the learner's module, loaded from <DIR>/<file>
         ...
         return passed("max |diff| 0 vs base(x)")  # or failed(detail, hint)
 
 and optionally `def prepare(): ...` (heavy imports such as PEFT, run once before the timed checks).
+Each check function is named for what it checks (unique in its module, never `_`): a failure's
+traceback names it, and `pytest tests/grading -k output_equals_base_at_init` selects its proofs.
 Checks call the learner's code only through the exercise API, so any correct implementation passes;
 each failure should carry a hint that names the likely mistake, and each check should be proven by a
 mistake in tests/grading/mistakes/<chapter>/ (see tests/grading/test_graders_proven.py and
 tests/grading/grader_proofs.py; each chapter declares its proof in tests/grading/test_<chapter>_graders.py).
 
 A check that raises NotImplementedError is reported as a stub, another exception as an error (type
-and message, plus the check's default hint), a check that runs too long as timed out: the harness
-(efftrain_lib/grade.py) does that, so checks are plain straight-line code.
+and message, plus the check's default hint), a check that runs too long as timed out, one whose process
+dies (os._exit, a segfault) as an error naming the exit status: the harness (efftrain_lib/grade.py, which
+runs the checks in a child process, efftrain_lib/grade_runner.py) does that, so checks are plain
+straight-line code. A grader module must be importable by name: the child process imports it.
 
 Which chapters exist, and which grader module and exercise file each has, is read from the course's
 one chapter registry, efftrain_lib/chapters.py (re-exported here as CHAPTERS, Chapter and register).
@@ -28,6 +32,7 @@ the harness reports "no graders yet" for a registered chapter whose module is mi
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -57,6 +62,11 @@ class Check:
     name: str  # "output equals base at init"
     func: Callable[..., Outcome]
     hint: str = ""  # shown when the check errors out rather than returning a failure
+
+    @property
+    def function(self) -> str:
+        """The check function's own name (under any decorator): what a traceback and `pytest -k` show."""
+        return inspect.unwrap(self.func).__code__.co_name
 
 
 class Checks:

@@ -162,7 +162,7 @@ def _is_tensor_close(a, b, atol) -> bool:
 
 # ----------------------------------------------------------------- Exercise 2.1: checkpoint --
 @_check("2.1", "returns what fn returns", hint="return the outputs of fn from forward (the Function's apply)")
-def _(impl):
+def returns_what_fn_returns(impl):
     net = _mlp()
     x = _leaf(4, 8)
     out = impl.checkpoint(net, x)
@@ -184,7 +184,7 @@ def _(impl):
 @_check("2.1", "input gradients equal a direct run",
         hint="backward: recompute on detached inputs, torch.autograd.backward(outputs, grad_outputs), "
              "return the inputs' .grad")
-def _(impl):
+def input_gradients_equal_direct_run(impl):
     net = _mlp()
     x = _leaf(4, 8)
     _, _, ref = _run(_direct, net, x)
@@ -208,7 +208,7 @@ def _(impl):
 
 @_check("2.1", "parameters inside fn receive gradients",
         hint="call torch.autograd.backward(outputs, grad_outputs) in backward, so that parameters accumulate .grad")
-def _(impl):
+def parameters_inside_fn_get_gradients(impl):
     net = _mlp()
     x = _leaf(4, 8)
     _, ref, _ = _run(_direct, net, x)
@@ -229,7 +229,7 @@ def _(impl):
 
 @_check("2.1", "forward keeps only the inputs",
         hint="run fn under torch.no_grad() in forward and save only the inputs")
-def _(impl):
+def forward_keeps_only_inputs(impl):
     net = nn.Sequential(nn.Linear(8, 64), nn.GELU(), nn.Linear(64, 8))
     x = _leaf(16, 8)
     kept = {}
@@ -248,7 +248,7 @@ def _(impl):
 
 @_check("2.1", "dropout: same mask in the recompute (RNG state restored)",
         hint="stash torch.get_rng_state() in forward; torch.set_rng_state(...) before the recompute")
-def _(impl):
+def dropout_mask_same_in_recompute(impl):
     net = _mlp(dropout=0.5)
     x = _leaf(16, 8)
     out_ref, ref, xref = _run(_direct, net, x)
@@ -269,7 +269,7 @@ def _(impl):
 
 @_check("2.1", "the caller's RNG stream is left as it was",
         hint="restore the RNG state inside torch.random.fork_rng(), which puts the caller's state back after")
-def _(impl):
+def callers_rng_stream_untouched(impl):
     net = _mlp(dropout=0.5)
     x = _leaf(16, 8)
     torch.manual_seed(11)
@@ -286,7 +286,7 @@ def _(impl):
 
 @_check("2.1", "keyword and non-tensor arguments",
         hint="pass *args and **kwargs to fn in forward and in the recompute; only tensors go through autograd")
-def _(impl):
+def keyword_and_non_tensor_arguments(impl):
     def fn(h, scale, *, bias=None, mode="add"):
         out = h * scale
         if bias is not None:
@@ -323,7 +323,7 @@ def _(impl):
 
 @_check("2.1", "integer inputs (token ids) stay as they are",
         hint="detach the saved inputs and keep requires_grad as it was (t.detach().requires_grad_(t.requires_grad))")
-def _(impl):
+def integer_inputs_stay_as_they_are(impl):
     emb = nn.Embedding(10, 4)
     ids = torch.tensor([[1, 2, 2, 7]])
 
@@ -351,7 +351,7 @@ def _(impl):
 
 @_check("2.1", "frozen input: parameters inside still get gradients",
         hint="when no input requires grad, pass an extra zero-size tensor that does through the Function")
-def _(impl):
+def frozen_input_parameters_still_get_gradients(impl):
     lin = nn.Linear(8, 8)
     x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))  # a frozen embedding's output
 
@@ -378,7 +378,7 @@ def _(impl):
 
 @_check("2.1", "several outputs",
         hint="fn may return a tuple: back-propagate every output that requires grad and received a gradient")
-def _(impl):
+def several_outputs(impl):
     lin = nn.Linear(8, 8)
     x = _leaf(4, 8)
 
@@ -410,7 +410,7 @@ def _(impl):
 
 @_check("2.1", "autocast state replayed",
         hint="record torch.is_autocast_enabled / get_autocast_dtype in forward and re-enter torch.autocast for the recompute")
-def _(impl):
+def autocast_state_replayed(impl):
     lin = nn.Linear(16, 16)
     x = _leaf(4, 16)
 
@@ -438,7 +438,7 @@ def _(impl):
 
 @_check("2.1", "backward twice raises a clear error",
         hint="keep the inputs with ctx.save_for_backward: autograd frees them after backward and refuses a second")
-def _(impl):
+def backward_twice_raises_clear_error(impl):
     lin = nn.Linear(4, 4)
     x = _leaf(2, 4)
     loss = impl.checkpoint(lin, x).sum()
@@ -454,7 +454,7 @@ def _(impl):
 
 @_check("2.1", "a non-callable fn raises a clear error",
         hint="check callable(fn) first and raise TypeError naming fn")
-def _(impl):
+def non_callable_fn_raises_clear_error(impl):
     for bad in (3, None):
         try:
             impl.checkpoint(bad, _leaf(2, 4))
@@ -475,7 +475,7 @@ def _(impl):
 
 @_check("2.1", "checkpoint is built from scratch (no torch.utils.checkpoint)",
         hint="write the autograd.Function yourself; torch.utils.checkpoint is the reference you are compared to")
-def _(impl):
+def checkpoint_built_from_scratch(impl):
     net = _mlp(dropout=0.5)
     x = _leaf(4, 8)
     ok, detail = _from_scratch(lambda: impl.checkpoint(net, x).sum().backward())
@@ -498,7 +498,7 @@ def _torch_sequential(functions, segments, x):
 
 @_check("2.2", "output and gradients equal torch's checkpoint_sequential",
         hint="split into segments-1 chunks of n // segments functions plus a last chunk with the rest")
-def _(impl):
+def sequential_matches_torch(impl):
     blocks = _blocks(10)
     x = _leaf(4, 8)
     for segments in (3, 4, 1):
@@ -526,7 +526,7 @@ def _(impl):
 
 @_check("2.2", "kept memory equals torch's (the last segment runs normally)",
         hint="checkpoint the first segments-1 chunks; run the last chunk without checkpoint")
-def _(impl):
+def sequential_keeps_torchs_memory(impl):
     blocks = _blocks(8, dropout=0.0)
     x = _leaf(16, 8)
     for segments in (2, 4, 8, 1):
@@ -551,7 +551,7 @@ def _(impl):
 
 @_check("2.2", "bad segments raise a clear error",
         hint="raise ValueError naming segments when segments < 1 or segments > len(functions)")
-def _(impl):
+def sequential_bad_segments_raise_clear_error(impl):
     blocks = _blocks(4, dropout=0.0)
     for bad in (0, 5):
         try:
@@ -574,7 +574,7 @@ def _(impl):
 
 @_check("2.2", "checkpoint_sequential is built from scratch (no torch.utils.checkpoint)",
         hint="split the functions yourself and checkpoint each chunk with your own checkpoint()")
-def _(impl):
+def sequential_built_from_scratch(impl):
     blocks = _blocks(4, dropout=0.0)
     x = _leaf(2, 8)
     ok, detail = _from_scratch(lambda: impl.checkpoint_sequential(blocks, 2, x).sum().backward())

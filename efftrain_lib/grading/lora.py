@@ -9,8 +9,7 @@ Tolerances (float32, tiny shapes; the same operations in a different order diffe
   outputs vs PEFT / vs base                 max |diff| <= 1e-5
   gradients vs PEFT                         |diff| <= 1e-5 + 1e-4 * |ref|
   merged weight vs PEFT's merge, unmerge    max |diff| <= 1e-5
-  "equals the base model" at init           max |diff| <= 1e-6 (B = 0 makes the branch exactly 0)
-"""
+  "equals the base model" at init           max |diff| <= 1e-6 (B = 0 makes the branch exactly 0)"""
 
 from __future__ import annotations
 
@@ -22,6 +21,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from efftrain_lib.grading import Checks, failed, passed
+from efftrain_lib.grading.lora_support import (
+    _apply, _base, _compare_targets, _count, _diagnose_forward, _diagnose_merge, _frozen_check, _lora,
+    _MATCHING, _matching_failure, _maxdiff, _merge_setup, _MERGE_SHAPES, _names, _NON_LINEAR, _pair,
+    _peft_targets, _random_AB, _scaling_name, _set_AB, _t, _wrapped, ALPHA, ATOL, EXACT, GRAD_ATOL, GRAD_RTOL,
+    IN, OUT, RANK, SCALING, TinyModel,
+)
 
 EXERCISES = {
     "1.1": "LoRALinear: init and forward",
@@ -31,101 +36,10 @@ EXERCISES = {
 }
 CHECKS = Checks()
 
-ATOL = 1e-5  # outputs and merged weights vs the reference
-EXACT = 1e-6  # "equals the base model"
-GRAD_ATOL, GRAD_RTOL = 1e-5, 1e-4
 
-# rank 4, alpha 12: alpha/rank = 3 differs from alpha (12), rank/alpha (1/3), alpha/sqrt(rank) (6),
-# rank (4) and 1, so a wrong scaling can be named.
-IN, OUT, RANK, ALPHA = 12, 7, 4, 12.0
-SCALING = ALPHA / RANK
-
-_peft: dict = {}
-
-
-def prepare() -> None:
-    """Import PEFT once (about 3 s), before the per-check timer starts."""
-    if not _peft:
-        from peft import LoraConfig
-        from peft.tuners.lora import Linear as PeftLoraLinear
-        from peft.tuners.tuners_utils import check_target_module_exists
-
-        _peft.update(LoraConfig=LoraConfig, Linear=PeftLoraLinear, matches=check_target_module_exists)
-
-
-def _ref(name: str):
-    try:
-        prepare()
-    except ImportError as exc:
-        raise ImportError(f"{exc}: the graders compare against PEFT: pip install 'efftrain-lib[reference]'") from exc
-    return _peft[name]
-
-
-# ---------------------------------------------------------------------------------- helpers --
-def _t(x) -> torch.Tensor:
-    """lora_A / lora_B as a tensor, also if someone stored them as nn.Linear like PEFT does."""
-    return x.weight if isinstance(x, nn.Module) else x
-
-
-def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.detach().float() - b.detach().float()).abs().max().item()
-
-
-def _base(in_f=IN, out_f=OUT, bias=True) -> nn.Linear:
-    return nn.Linear(in_f, out_f, bias=bias)
-
-
-def _lora(impl, base: nn.Linear, rank=RANK, alpha=ALPHA, dropout=None):
-    # Positional arguments; dropout left to its default unless a test needs it.
-    if dropout is None:
-        return impl.LoRALinear(base, rank, alpha)
-    return impl.LoRALinear(base, rank, alpha, dropout)
-
-
-def _random_AB(in_f=IN, out_f=OUT, rank=RANK):
-    A = torch.empty(rank, in_f).uniform_(-1, 1) / math.sqrt(in_f)
-    B = torch.randn(out_f, rank) * 0.5
-    return A, B
-
-
-def _set_AB(layer, A, B) -> None:
-    with torch.no_grad():
-        _t(layer.lora_A).copy_(A)
-        _t(layer.lora_B).copy_(B)
-
-
-def _peft_layer(base: nn.Linear, A, B, rank=RANK, alpha=ALPHA, dropout=0.0):
-    config = _ref("LoraConfig")(r=rank, lora_alpha=alpha, lora_dropout=dropout)
-    layer = _ref("Linear")(base, "default", config=config, r=rank, lora_alpha=alpha, lora_dropout=dropout)
-    with torch.no_grad():
-        layer.lora_A["default"].weight.copy_(A)
-        layer.lora_B["default"].weight.copy_(B)
-    return layer
-
-
-def _pair(impl, in_f=IN, out_f=OUT, dropout=None):
-    """The learner's LoRALinear and PEFT's, on copies of one base layer, with one random A, B."""
-    base = _base(in_f, out_f)
-    ours = _lora(impl, copy.deepcopy(base), dropout=dropout)
-    A, B = _random_AB(in_f, out_f)
-    _set_AB(ours, A, B)
-    ref = _peft_layer(copy.deepcopy(base), A, B)
-    return ours, ref, base, A, B
-
-
-def _scaling_name(value: float, rank=RANK, alpha=ALPHA) -> str | None:
-    """Name a wrong scaling factor, if it is a classic one."""
-    for name, v in (("alpha", alpha), ("rank / alpha", rank / alpha), ("alpha / sqrt(rank) (rsLoRA)",
-                    alpha / math.sqrt(rank)), ("rank", rank), ("1 (no scaling)", 1.0)):
-        if math.isclose(value, v, rel_tol=1e-6):
-            return name
-    return None
-
-
-# ------------------------------------------------------------------ Exercise 1.1: LoRALinear --
 @CHECKS.add("1.1", "lora_A and lora_B shapes",
             hint="lora_A is rank x in_features (down), lora_B is out_features x rank (up), both nn.Parameter")
-def _(impl):
+def lora_a_and_b_shapes(impl):
     base = _base()
     layer = _lora(impl, base)
     A, B = _t(layer.lora_A), _t(layer.lora_B)
@@ -145,7 +59,7 @@ def _(impl):
 
 
 @CHECKS.add("1.1", "scaling is alpha / rank", hint="self.scaling = alpha / rank")
-def _(impl):
+def scaling_is_alpha_over_rank(impl):
     for rank, alpha in ((RANK, ALPHA), (6, 1.5)):  # rank <= min(in, out) of the 12 -> 7 base
         layer = _lora(impl, _base(), rank=rank, alpha=alpha)
         value = float(layer.scaling)
@@ -161,7 +75,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "lora_B starts at zero",
             hint="lora_B: nn.Parameter(torch.zeros(out_features, rank))")
-def _(impl):
+def lora_b_starts_at_zero(impl):
     layer = _lora(impl, _base())
     B = _t(layer.lora_B)
     if B.abs().max().item() != 0.0:
@@ -173,7 +87,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "lora_A is Kaiming-uniform (|A| <= 1/sqrt(in_features))",
             hint="lora_A: nn.Parameter(torch.empty(rank, in_features)), then nn.init.kaiming_uniform_(A, a=math.sqrt(5))")
-def _(impl):
+def lora_a_is_kaiming_uniform(impl):
     in_f = 64  # 4 x 64 = 256 samples: enough to tell the distribution apart
     layer = _lora(impl, _base(in_f, OUT))
     A = _t(layer.lora_A).detach()
@@ -196,7 +110,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "output equals base at init",
             hint="lora_B must start at zero: the output at step 0 must equal the base model's")
-def _(impl):
+def output_equals_base_at_init(impl):
     base = _base()
     frozen_copy = copy.deepcopy(base)
     layer = _lora(impl, base)
@@ -209,20 +123,9 @@ def _(impl):
     return passed(f"max |diff| {diff:.1e} vs base(x)")
 
 
-def _diagnose_forward(y, base_y, lora_y) -> str:
-    """Name the likely forward mistake from the learner's output y."""
-    if _maxdiff(y, base_y) <= ATOL:
-        return "forward ignores the LoRA branch: add (x @ lora_A.T @ lora_B.T) * scaling to base(x)"
-    for name, factor in (("alpha", ALPHA), ("rank / alpha", RANK / ALPHA), ("1 (no scaling)", 1.0),
-                         ("alpha / sqrt(rank)", ALPHA / math.sqrt(RANK))):
-        if _maxdiff(y, base_y + lora_y * factor) <= ATOL:
-            return f"the LoRA branch is multiplied by {name}: the scaling must be alpha / rank"
-    return "forward must be base(x) + (dropout(x) @ lora_A.T @ lora_B.T) * scaling"
-
-
 @CHECKS.add("1.1", "forward matches PEFT's LoRA (B != 0)",
             hint="forward must be base(x) + (dropout(x) @ lora_A.T @ lora_B.T) * scaling, for any leading dims")
-def _(impl):
+def forward_matches_peft(impl):
     ours, ref, base, A, B = _pair(impl)
     ours.eval(), ref.eval()
     x = torch.randn(2, 3, IN)
@@ -237,7 +140,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "gradients match PEFT's LoRA (A, B and input)",
             hint="the LoRA branch must be differentiable: no .detach(), no torch.no_grad() in forward")
-def _(impl):
+def gradients_match_peft(impl):
     ours, ref, _, _, _ = _pair(impl)
     x = torch.randn(2, 3, IN)
     g = torch.randn(2, 3, OUT)
@@ -265,7 +168,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "gradients reach lora_B at init and lora_A once B != 0",
             hint="A and B must be trainable parameters (requires_grad=True) used in forward")
-def _(impl):
+def gradients_reach_a_and_b(impl):
     layer = _lora(impl, _base())
     A, B = _t(layer.lora_A), _t(layer.lora_B)
     if not (A.requires_grad and B.requires_grad):
@@ -292,42 +195,22 @@ def _(impl):
     return passed(f"max |grad B| at init {gB:.2g}, max |grad A| after one step {gA:.2g}")
 
 
-def _frozen_check(impl, which: str):
-    base = _base()
-    layer = _lora(impl, base)
-    param = getattr(layer.base, which)
-    before = param.detach().clone()
-    if param.requires_grad:
-        return failed(f"base.{which}.requires_grad is True",
-                      f"freeze the wrapped layer, {which} included: base.{which}.requires_grad_(False) "
-                      "(only lora_A and lora_B train)")
-    _set_AB(layer, *_random_AB())
-    opt = torch.optim.SGD(layer.parameters(), lr=0.1)  # all of them: frozen ones must not move
-    (layer(torch.randn(8, IN)) ** 2).sum().backward()
-    opt.step()
-    moved = _maxdiff(getattr(layer.base, which), before)
-    if moved != 0.0:
-        return failed(f"base.{which} moved by up to {moved:.2e} after an optimizer step",
-                      f"the base {which} is frozen: it must not change when the LoRA parameters train")
-    return passed(f"base.{which} frozen, unchanged after an SGD step")
-
-
 @CHECKS.add("1.1", "base weight frozen",
             hint="freeze the wrapped layer: base.weight.requires_grad_(False); forward must run with the "
                  "documented lora_A / lora_B shapes")
-def _(impl):
+def base_weight_frozen(impl):
     return _frozen_check(impl, "weight")
 
 
 @CHECKS.add("1.1", "base bias frozen",
             hint="freeze the wrapped layer, bias included: for p in base.parameters(): p.requires_grad_(False)")
-def _(impl):
+def base_bias_frozen(impl):
     return _frozen_check(impl, "bias")
 
 
 @CHECKS.add("1.1", "dropout leaves the base path alone",
             hint="dropout acts on the LoRA branch's input only: base(x) must see the clean x")
-def _(impl):
+def dropout_leaves_base_path_alone(impl):
     base = _base()
     ref = copy.deepcopy(base)
     layer = _lora(impl, base, dropout=0.9)
@@ -346,7 +229,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "dropout drops the LoRA branch's inputs in train mode",
             hint="apply nn.Dropout(p) to x on the LoRA branch: base(x) + B(A(dropout(x))) * scaling")
-def _(impl):
+def dropout_drops_lora_inputs_in_train_mode(impl):
     p = 0.5
     base = _base()
     layer = _lora(impl, copy.deepcopy(base), dropout=p)
@@ -382,7 +265,7 @@ def _(impl):
 
 @CHECKS.add("1.1", "no dropout in eval mode",
             hint="use nn.Dropout (off in eval mode), or F.dropout(x, p, training=self.training)")
-def _(impl):
+def no_dropout_in_eval_mode(impl):
     base = _base()
     A, B = _random_AB()
     with_dropout = _lora(impl, copy.deepcopy(base), dropout=0.5)
@@ -400,41 +283,9 @@ def _(impl):
 
 
 # --------------------------------------------------------------- Exercise 1.2: merge/unmerge --
-_MERGE_SHAPES = ((8, 8), (IN, OUT))  # square first: there a transposed delta is silent, so name it
-
-
-def _merge_setup(impl, in_f, out_f):
-    ours, ref, base, A, B = _pair(impl, in_f, out_f)
-    ours.eval(), ref.eval()
-    W0 = ours.base.weight.detach().clone()
-    b0 = ours.base.bias.detach().clone()
-    return ours, ref, A, B, W0, b0
-
-
-def _diagnose_merge(W, W0, A, B, scaling) -> str:
-    """Name the likely merge mistake from the merged weight W (W0: before merge; scaling: the layer's)."""
-    BA = B @ A
-    candidates = []
-    name = _scaling_name(float(scaling))
-    if name is not None:
-        candidates.append((W0 + float(scaling) * BA, f"the layer's scaling is {name}, not alpha / rank "
-                           "(see 'scaling is alpha / rank')"))
-    candidates += [
-        (W0, "merge() did not change base.weight (updated a copy? rebound a local name?)"),
-        (W0 + BA, "merge adds B @ A without the scaling: multiply by scaling (alpha / rank)"),
-        (W0 + 2 * SCALING * BA, "the update was added twice"),
-        (W0 - SCALING * BA, "merge subtracts the update: it must add it"),
-    ]
-    if W0.shape[0] == W0.shape[1]:
-        candidates.append((W0 + SCALING * BA.T, "the update is transposed: delta = lora_B @ lora_A (out x in), "
-                           "not (B @ A).T or A.T @ B.T"))
-    return next((h for cand, h in candidates if _maxdiff(W, cand) <= ATOL),
-                "merge: base.weight += (lora_B @ lora_A) * scaling, in place under torch.no_grad()")
-
-
 @CHECKS.add("1.2", "merge keeps the output",
             hint="after merge(), forward must return base(x) only (the update is inside base.weight now)")
-def _(impl):
+def merge_keeps_output(impl):
     worst = 0.0
     for in_f, out_f in _MERGE_SHAPES:
         ours, ref, A, B, W0, b0 = _merge_setup(impl, in_f, out_f)
@@ -459,7 +310,7 @@ def _(impl):
 
 @CHECKS.add("1.2", "merged weight is W + B @ A * scaling (PEFT's merge)",
             hint="merge: base.weight += (lora_B @ lora_A) * scaling, in place under torch.no_grad()")
-def _(impl):
+def merged_weight_matches_peft_merge(impl):
     worst = 0.0
     for in_f, out_f in _MERGE_SHAPES:
         ours, ref, A, B, W0, b0 = _merge_setup(impl, in_f, out_f)
@@ -485,7 +336,7 @@ def _(impl):
 
 @CHECKS.add("1.2", "unmerge restores W and the output",
             hint="unmerge: base.weight -= (lora_B @ lora_A) * scaling, then forward adds the branch again")
-def _(impl):
+def unmerge_restores_weight_and_output(impl):
     worst = 0.0
     for in_f, out_f in _MERGE_SHAPES:
         ours, ref, A, B, W0, b0 = _merge_setup(impl, in_f, out_f)
@@ -515,124 +366,8 @@ def _(impl):
 
 
 # ------------------------------------------------------------------ Exercise 1.3: apply_lora --
-class _Attn(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.q = nn.Linear(d, d)  # "q" must not match "q_proj" and vice versa
-        self.q_proj = nn.Linear(d, d)
-        self.k_proj = nn.Linear(d, d, bias=False)
-        self.v_proj = nn.Linear(d, d)
-        self.o_proj = nn.Linear(d, d)  # "proj" must not match "o_proj"
-        self.q_norm = nn.LayerNorm(d)  # a non-Linear target
-
-    def forward(self, x):
-        return self.o_proj(self.q(x) + self.q_proj(self.q_norm(x)) + self.k_proj(x) + self.v_proj(x))
-
-
-class _Block(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.attn = _Attn(d)
-        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
-        self.proj = nn.Linear(d, d)  # the exact name "proj"
-
-    def forward(self, x):
-        x = x + self.attn(x)
-        return x + self.proj(self.mlp(x))
-
-
-class TinyModel(nn.Module):
-    """Names: embed, layers.{0,1}.attn.{q,q_proj,k_proj,v_proj,o_proj,q_norm}, layers.N.mlp.{0,2},
-    layers.N.proj, norm, lm_head."""
-
-    def __init__(self, vocab=11, d=8, n_layers=2):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, d)
-        self.layers = nn.ModuleList(_Block(d) for _ in range(n_layers))
-        self.norm = nn.LayerNorm(d)
-        self.lm_head = nn.Linear(d, vocab)
-
-    def forward(self, ids):
-        x = self.embed(ids)
-        for layer in self.layers:
-            x = layer(x)
-        return self.lm_head(self.norm(x))
-
-
-def _peft_targets(model: nn.Module, targets) -> set[str]:
-    """The Linear layers PEFT would wrap for this target list."""
-    config = _ref("LoraConfig")(target_modules=list(targets))
-    matches = _ref("matches")
-    return {n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n and bool(matches(config, n))}
-
-
-def _wrapped(model: nn.Module) -> set[str]:
-    """Names of the LoRA layers installed where the name says. get_submodule walks attribute by attribute,
-    so a layer stored by setattr(model, "layers.0.attn.q_proj", ...) under a dotted key does not count."""
-    found = set()
-    for n, m in model.named_modules():
-        if n and hasattr(m, "lora_A") and hasattr(m, "lora_B"):
-            try:
-                if model.get_submodule(n) is m:
-                    found.add(n)
-            except AttributeError:
-                pass
-    return found
-
-
-def _apply(impl, targets, rank=RANK, alpha=ALPHA, dropout=None):
-    model = TinyModel()
-    original = copy.deepcopy(model)
-    if dropout is None:
-        out = impl.apply_lora(model, list(targets), rank, alpha)
-    else:
-        out = impl.apply_lora(model, list(targets), rank, alpha, dropout)
-    # Grade what came back if it is a model (a copy is the "returns the model" check's business), so that
-    # one mistake fails one check.
-    return (out if isinstance(out, nn.Module) else model), original, out
-
-
-def _names(s) -> str:
-    s = sorted(s)
-    return ", ".join(s[:4]) + (f" (+{len(s) - 4} more)" if len(s) > 4 else "") if s else "none"
-
-
-def _compare_targets(impl, targets):
-    model, original, _ = _apply(impl, targets)
-    want, got = _peft_targets(original, targets), _wrapped(model)
-    return want, got, original
-
-
-_MATCHING = "match like PEFT: name == target or name.endswith('.' + target)"
-_WRONG_MATCHERS = (  # (rule, what it is called)
-    (lambda n, t: t in n, "substring target matching (`target in name`, the seed's bug)"),
-    (lambda n, t: n.endswith(t), "name.endswith(target) without the dot"),
-    (lambda n, t: n.rsplit(".", 1)[-1] == t, "comparing only the last name component (a target may be a dotted "
-                                              "suffix like 'attn.v_proj', or a full name)"),
-)
-
-
-def _matching_failure(targets, want, got, original):
-    """Report missing / extra layers, naming the wrong matching rule(s) that explain them."""
-    linears = [n for n, m in original.named_modules() if isinstance(m, nn.Linear) and n]
-    rules = [name for rule, name in _WRONG_MATCHERS
-             if got == {n for n in linears if any(rule(n, t) for t in targets)}]
-    examples = []
-    for n in sorted(got - want)[:1]:
-        t = next((t for t in targets if t in n), targets[0])
-        examples.append(f"{t!r} must not match {n!r}")
-    for n in sorted(want - got)[:1]:
-        t = next((t for t in targets if n == t or n.endswith("." + t)), targets[0])
-        examples.append(f"{t!r} must match {n!r}")
-    hint = (" or ".join(rules) + ": " if rules else "") + "; ".join(examples) + "; " + _MATCHING
-    if not got:
-        hint = ("nothing was wrapped: replace each matching nn.Linear on its parent module "
-                "(setattr(parent, child_name, LoRALinear(module, ...))); " + _MATCHING)
-    return failed(f"targets {targets}: missing {_names(want - got)}; extra {_names(got - want)}", hint)
-
-
 @CHECKS.add("1.3", "returns the model (in place)", hint="apply_lora modifies the model in place and returns it")
-def _(impl):
+def apply_lora_returns_model_in_place(impl):
     model = TinyModel()
     out = impl.apply_lora(model, ["q_proj"], RANK, ALPHA)
     if out is not model:
@@ -644,7 +379,7 @@ def _(impl):
 @CHECKS.add("1.3", "wraps exactly the targeted Linear layers",
             hint="replace each matching nn.Linear by LoRALinear(module, rank, alpha, dropout) on its parent "
                  "(setattr(parent, child_name, ...))")
-def _(impl):
+def wraps_exactly_targeted_linears(impl):
     targets = ["q_proj", "v_proj"]
     model, original, _ = _apply(impl, targets)
     want, got = _peft_targets(original, targets), _wrapped(model)
@@ -670,7 +405,7 @@ def _(impl):
 
 
 @CHECKS.add("1.3", "name matching: 'q' does not match 'q_proj'", hint=_MATCHING)
-def _(impl):
+def name_q_does_not_match_q_proj(impl):
     targets = ["q"]
     want, got, original = _compare_targets(impl, targets)
     if got != want:
@@ -679,7 +414,7 @@ def _(impl):
 
 
 @CHECKS.add("1.3", "name matching: 'proj' does not match 'o_proj'", hint=_MATCHING)
-def _(impl):
+def name_proj_does_not_match_o_proj(impl):
     targets = ["proj"]
     want, got, original = _compare_targets(impl, targets)
     if got != want:
@@ -689,7 +424,7 @@ def _(impl):
 
 @CHECKS.add("1.3", "name matching: dotted suffixes and full names",
             hint="match like PEFT: name == target or name.endswith('.' + target)")
-def _(impl):
+def name_matches_dotted_suffix_and_full_name(impl):
     targets = ["attn.v_proj", "layers.1.attn.k_proj", "lm_head"]
     want, got, original = _compare_targets(impl, targets)
     if got != want:
@@ -697,13 +432,10 @@ def _(impl):
     return passed(f"targets {targets}: wrapped the same {len(want)} layers as PEFT")
 
 
-_NON_LINEAR = {"q_norm": "the LayerNorm", "attn": "the container", "mlp": "the nn.Sequential", "embed": "the Embedding"}
-
-
 @CHECKS.add("1.3", "skips (or clearly rejects) non-Linear modules",
             hint="only nn.Linear modules get LoRA: skip LayerNorm, Embedding and containers whose names match "
                  "(isinstance(module, nn.Linear)), or raise a ValueError / TypeError naming them, as PEFT does")
-def _(impl):
+def skips_non_linear_modules(impl):
     # The exercise asks to skip them. PEFT raises a ValueError for an unsupported matched module, and the
     # course library raises a TypeError: a clear error that names the module is accepted too. A crash
     # such as "'LayerNorm' object has no attribute 'in_features'" is not.
@@ -732,7 +464,7 @@ def _(impl):
 
 @CHECKS.add("1.3", "freezes everything except LoRA",
             hint="freeze every parameter of the model (requires_grad_(False)) except lora_A and lora_B")
-def _(impl):
+def freezes_everything_except_lora(impl):
     model, _, _ = _apply(impl, ["q_proj", "v_proj"])
     lora = {id(_t(getattr(m, k))) for n, m in model.named_modules() if n in _wrapped(model)
             for k in ("lora_A", "lora_B")}
@@ -751,7 +483,7 @@ def _(impl):
 
 @CHECKS.add("1.3", "model output unchanged at init",
             hint="wrap the existing layer (LoRALinear(module, ...)), do not build a new nn.Linear")
-def _(impl):
+def model_output_unchanged_at_init(impl):
     model, original, _ = _apply(impl, ["q_proj", "v_proj", "lm_head"])
     ids = torch.randint(0, 11, (2, 5))
     model.eval(), original.eval()
@@ -766,7 +498,7 @@ def _(impl):
 
 @CHECKS.add("1.3", "passes rank, alpha and dropout to each LoRALinear",
             hint="LoRALinear(module, rank, alpha, dropout) with apply_lora's own arguments")
-def _(impl):
+def passes_rank_alpha_dropout_to_each_layer(impl):
     rank, alpha = 2, 6.0
     model, _, _ = _apply(impl, ["q_proj", "v_proj"], rank=rank, alpha=alpha, dropout=0.5)
     wrapped = [m for n, m in model.named_modules() if n in _wrapped(model)]
@@ -797,14 +529,9 @@ def _(impl):
 
 
 # ------------------------------------------------------------ Exercise 1.4: count_parameters --
-def _count(impl, model):
-    out = impl.count_parameters(model)
-    return tuple(int(v) for v in out)
-
-
 @CHECKS.add("1.4", "counts a plain model, biases included",
             hint="return (trainable, total): sums of p.numel() over model.parameters()")
-def _(impl):
+def counts_plain_model_with_biases(impl):
     model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 3, bias=False))  # 55 + 15
     got = _count(impl, model)
     if got != (70, 70):
@@ -817,7 +544,7 @@ def _(impl):
 
 @CHECKS.add("1.4", "frozen parameters are not trainable",
             hint="trainable counts only parameters with requires_grad=True")
-def _(impl):
+def frozen_parameters_not_trainable(impl):
     model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 3, bias=False))
     model[0].weight.requires_grad_(False)  # 50 frozen: trainable 5 + 15 = 20, total 70
     got = _count(impl, model)
@@ -836,7 +563,7 @@ def _(impl):
 
 @CHECKS.add("1.4", "shared (tied) parameters counted once",
             hint="iterate model.parameters(): it yields a shared tensor once")
-def _(impl):
+def tied_parameters_counted_once(impl):
     embed, head = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False)
     head.weight = embed.weight  # tied, as in GPT-2: 40 parameters, not 80
     model = nn.Sequential(embed, head)

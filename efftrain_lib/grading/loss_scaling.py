@@ -11,8 +11,7 @@ and 0.5), so every scale, every unscaled gradient and every parameter after the 
 a clipped gradient norm is compared within 1e-5 relative.
 
 When a scale trajectory differs from GradScaler's, the check re-simulates the classic wrong update rules
-(`_RULES`) on the same script and names the one the learner's trajectory matches.
-"""
+(`_RULES`) on the same script and names the one the learner's trajectory matches."""
 
 from __future__ import annotations
 
@@ -23,6 +22,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from efftrain_lib.grading import Checks, failed, passed
+from efftrain_lib.grading.loss_scaling_support import (  # noqa: F401  (tests reach _RULES, _simulate, _diagnose)
+    _backward, _BAD_ARGUMENTS, _data, _diagnose, _diagnose_run, _drive, _fmt, _fp32, _full_run, _library_scaler,
+    _loaded_without_tracker, _mlp, _mse, _param_and_opt, _ref, _reference_step, _RULES, _scaler, _simulate,
+    _trajectory_check, INF, INIT, INJECT, NAN,
+)
 
 EXERCISES = {
     "3.1": "LossScaler: constructor, scale, get_scale",
@@ -34,182 +38,10 @@ EXERCISES = {
 }
 CHECKS = Checks()
 
-INIT = 2.0**10
-INF, NAN = float("inf"), float("nan")
 
-
-# ---------------------------------------------------------------------------------- helpers --
-def _ref(**kwargs):
-    return torch.amp.GradScaler("cpu", **kwargs)
-
-
-def _scaler(impl, init_scale=INIT, growth_interval=2000, growth_factor=2.0, backoff_factor=0.5):
-    return impl.LossScaler(init_scale=init_scale, growth_factor=growth_factor, backoff_factor=backoff_factor,
-                           growth_interval=growth_interval)
-
-
-def _param_and_opt(n=4, lr=0.5):
-    param = nn.Parameter(torch.linspace(1.0, 2.0, n))
-    return param, torch.optim.SGD([param], lr=lr)
-
-
-def _backward(scaler, param, bad=None):
-    """scale(loss).backward() for loss = sum(param * weights); optionally poison one gradient."""
-    weights = torch.linspace(0.5, 1.5, param.numel())
-    scaler.scale((param * weights).sum()).backward()
-    if bad is not None:
-        with torch.no_grad():
-            param.grad[0] = bad
-
-
-def _drive(scaler, pattern, lr=0.5):
-    """One step per entry of `pattern` ("F" finite, "I" inf, "N" NaN): backward, step, update.
-
-    Returns (scale after each update, indices of the steps where the parameter did not change)."""
-    param, optimizer = _param_and_opt(lr=lr)
-    scales, skipped = [], []
-    for i, kind in enumerate(pattern):
-        _backward(scaler, param, bad={"F": None, "I": INF, "N": NAN}[kind])
-        before = param.detach().clone()
-        scaler.step(optimizer)
-        scaler.update()
-        if torch.equal(before, param.detach()):
-            skipped.append(i)
-        scales.append(float(scaler.get_scale()))
-        optimizer.zero_grad(set_to_none=True)
-    return scales, skipped
-
-
-def _fp32(value: float) -> float:
-    return float(torch.tensor(value, dtype=torch.float32))
-
-
-def _simulate(pattern, rule, init=INIT, interval=3, growth=2.0, backoff=0.5):
-    """The scale after each update under a named update rule (the correct one and classic mistakes)."""
-    scale, tracker, total_finite, out = init, 0, 0, []
-    for kind in pattern:
-        overflow = kind != "F"
-        if rule == "update() does nothing":
-            pass
-        elif rule == "no backoff on overflow":
-            if not overflow:
-                tracker += 1
-                if tracker == interval:
-                    scale, tracker = scale * growth, 0
-        elif rule == "growth counter not reset on overflow (growth counted over all finite steps, not consecutive ones)":
-            if overflow:
-                scale *= backoff
-            else:
-                total_finite += 1
-                if total_finite % interval == 0:
-                    scale *= growth
-        elif rule == "growth counter counts overflowing steps too (growth without consecutive finite steps)":
-            tracker += 1
-            if overflow:
-                scale *= backoff
-            if tracker == interval:
-                scale, tracker = scale * growth, 0
-        elif rule == "growth counter not reset after growth (grows on every step after the first interval)":
-            if overflow:
-                scale, tracker = scale * backoff, 0
-            else:
-                tracker += 1
-                if tracker >= interval:
-                    scale *= growth
-        elif rule == "growth_interval off by one (grows after growth_interval + 1 finite steps)":
-            if overflow:
-                scale, tracker = scale * backoff, 0
-            else:
-                tracker += 1
-                if tracker > interval:
-                    scale, tracker = scale * growth, 0
-        elif rule == "correct":
-            if overflow:
-                scale, tracker = scale * backoff, 0
-            else:
-                tracker += 1
-                if tracker == interval:
-                    grown = _fp32(scale * growth)
-                    scale = grown if math.isfinite(grown) else scale
-                    tracker = 0
-        out.append(scale)
-    return out
-
-
-_RULES = [
-    "update() does nothing",
-    "no backoff on overflow",
-    "growth counter not reset on overflow (growth counted over all finite steps, not consecutive ones)",
-    "growth counter counts overflowing steps too (growth without consecutive finite steps)",
-    "growth counter not reset after growth (grows on every step after the first interval)",
-    "growth_interval off by one (grows after growth_interval + 1 finite steps)",
-]
-
-
-def _diagnose(pattern, got, interval=3):
-    """The classic wrong rules that reproduce `got` on this script ("A or B" when a script cannot tell)."""
-    matches = [rule for rule in _RULES if _simulate(pattern, rule, interval=interval) == got]
-    return " or ".join(matches) or None
-
-
-def _fmt(scales) -> str:
-    return "[" + ", ".join(f"{s:g}" for s in scales) + "]"
-
-
-def _trajectory_check(impl, pattern, interval, what):
-    got, _ = _drive(_scaler(impl, growth_interval=interval), pattern)
-    want, _ = _drive(_ref(init_scale=INIT, growth_interval=interval), pattern)
-    assert want == _simulate(pattern, "correct", interval=interval)  # the grader's own model of GradScaler
-    detail = f"steps {pattern} (F finite, I inf, N NaN), growth_interval {interval}: scales {_fmt(got)}"
-    if got == want:
-        return passed(detail)
-    rule = _diagnose(pattern, got, interval)
-    hint = (f"your update rule looks like: {rule}. " if rule else "") + what
-    return failed(f"{detail}; torch.amp.GradScaler gives {_fmt(want)}", hint)
-
-
-def _mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3))
-
-
-def _data():
-    generator = torch.Generator().manual_seed(1)
-    return torch.randn(32, 6, generator=generator), torch.randn(32, 3, generator=generator)
-
-
-INJECT = {2: INF, 3: NAN, 8: INF, 9: INF, 10: NAN}
-
-
-def _full_run(scaler, steps=16, clip=0.5, fp16=True):
-    """A tiny MLP under fp16 autocast, AdamW, unscale_ + clip, overflows injected at INJECT's steps."""
-    model = _mlp()
-    x, y = _data()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    scales, skipped = [], []
-    for step in range(steps):
-        with torch.autocast("cpu", dtype=torch.float16, enabled=fp16):
-            loss = F.mse_loss(model(x).float(), y)
-        scaler.scale(loss).backward()
-        if step in INJECT:
-            with torch.no_grad():
-                model[0].weight.grad[1, 1] = INJECT[step]
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        before = model[2].weight.detach().clone()
-        scaler.step(optimizer)
-        scaler.update()
-        if torch.equal(before, model[2].weight.detach()):
-            skipped.append(step)
-        scales.append(float(scaler.get_scale()))
-        optimizer.zero_grad(set_to_none=True)
-    return scales, skipped, [p.detach().clone() for p in model.parameters()]
-
-
-# ------------------------------------------------------- Exercise 3.1: constructor and scale --
 @CHECKS.add("3.1", "scale(loss) multiplies by init_scale; get_scale() returns it",
             hint="self._scale = float(init_scale); scale(loss) returns loss * scale; get_scale() returns it")
-def _(impl):
+def scale_multiplies_by_init_scale(impl):
     scaler = _scaler(impl)
     value = float(scaler.get_scale())
     if value != INIT:
@@ -237,22 +69,10 @@ def _(impl):
     return passed(f"get_scale() {value:g}, gradients x {INIT:g} exactly, fp16 loss scaled into fp32 like GradScaler")
 
 
-_BAD_ARGUMENTS = [
-    (dict(growth_factor=1.0), "growth_factor=1.0 (the scale could never grow back)"),
-    (dict(growth_factor=0.5), "growth_factor=0.5"),
-    (dict(backoff_factor=1.0), "backoff_factor=1.0 (an overflow would not lower the scale)"),
-    (dict(backoff_factor=0.0), "backoff_factor=0.0 (the scale would collapse to 0)"),
-    (dict(backoff_factor=2.0), "backoff_factor=2.0"),
-    (dict(growth_interval=0), "growth_interval=0"),
-    (dict(init_scale=INF), "init_scale=inf"),
-    (dict(init_scale=NAN), "init_scale=nan"),
-]
-
-
 @CHECKS.add("3.1", "bad arguments raise ValueError",
             hint="validate in __init__: growth_factor > 1, 0 < backoff_factor < 1, growth_interval >= 1, "
                  "a finite init_scale > 0")
-def _(impl):
+def bad_arguments_raise_value_error(impl):
     for kwargs, what in _BAD_ARGUMENTS:
         try:
             impl.LossScaler(**kwargs)
@@ -272,7 +92,7 @@ def _(impl):
 # --------------------------------------------------------------------- Exercise 3.2: unscale_ --
 @CHECKS.add("3.2", "unscale_ divides the gradients by the scale (equal to GradScaler)",
             hint="multiply every gradient by 1/scale in place: torch._foreach_mul_(grads, 1.0 / scale)")
-def _(impl):
+def unscale_divides_gradients_like_grad_scaler(impl):
     ours, ref = _scaler(impl), _ref(init_scale=INIT)
     results = []
     for scaler in (ours, ref):
@@ -301,7 +121,7 @@ def _(impl):
 @CHECKS.add("3.2", "unscale_ twice before update() raises RuntimeError",
             hint="remember which optimizers were unscaled since the last update() and raise RuntimeError on a "
                  "second unscale_")
-def _(impl):
+def unscale_twice_raises_runtime_error(impl):
     scaler = _scaler(impl)
     param, optimizer = _param_and_opt()
     _backward(scaler, param)
@@ -323,7 +143,7 @@ def _(impl):
 
 @CHECKS.add("3.2", "fp16 gradients are refused (fp32 master weights)",
             hint="raise ValueError when a gradient is torch.float16: the optimizer must hold fp32 master weights")
-def _(impl):
+def fp16_gradients_refused(impl):
     scaler = _scaler(impl)
     param = nn.Parameter(torch.ones(4, dtype=torch.float16))
     optimizer = torch.optim.SGD([param], lr=0.1)
@@ -346,7 +166,7 @@ def _(impl):
 # ------------------------------------------------------------------------- Exercise 3.3: step --
 @CHECKS.add("3.3", "step skips the optimizer on inf/NaN",
             hint="if unscale_ found an inf or NaN gradient, do not call optimizer.step()")
-def _(impl):
+def step_skips_optimizer_on_overflow(impl):
     for bad, name in ((INF, "inf"), (NAN, "NaN")):
         scaler = _scaler(impl)
         param, optimizer = _param_and_opt()
@@ -363,7 +183,7 @@ def _(impl):
 
 @CHECKS.add("3.3", "step unscales when unscale_ was not called",
             hint="in step(): if unscale_ was not called for this optimizer since the last update(), call it")
-def _(impl):
+def step_unscales_when_unscale_not_called(impl):
     scaler = _scaler(impl)
     param, optimizer = _param_and_opt(lr=0.5)
     ref_param, ref_opt = _param_and_opt(lr=0.5)
@@ -385,7 +205,7 @@ def _(impl):
 
 @CHECKS.add("3.3", "step after unscale_ does not unscale again",
             hint="after an explicit unscale_, step() must not divide the gradients a second time")
-def _(impl):
+def step_after_unscale_does_not_unscale_again(impl):
     scaler = _scaler(impl)
     param, optimizer = _param_and_opt(lr=0.5)
     _backward(scaler, param)
@@ -406,7 +226,7 @@ def _(impl):
 
 @CHECKS.add("3.3", "step returns True when it stepped and False when it skipped",
             hint="return True after optimizer.step(), False when the step was skipped")
-def _(impl):
+def step_returns_whether_it_stepped(impl):
     results = []
     for bad in (None, INF):
         scaler = _scaler(impl)
@@ -423,14 +243,14 @@ def _(impl):
 # ----------------------------------------------------------------------- Exercise 3.4: update --
 @CHECKS.add("3.4", "an overflow backs off the scale",
             hint="in update(): if inf/NaN was found, scale *= backoff_factor")
-def _(impl):
+def overflow_backs_off_scale(impl):
     return _trajectory_check(impl, "FFIFN", 100,
                              "an overflow must multiply the scale by backoff_factor in update()")
 
 
 @CHECKS.add("3.4", "growth needs growth_interval consecutive finite steps",
             hint="reset the growth counter to 0 on overflow; count only consecutive finite steps")
-def _(impl):
+def growth_needs_consecutive_finite_steps(impl):
     return _trajectory_check(impl, "FFIFFFFFNFFF", 3,
                              "growth must wait for growth_interval *consecutive* finite steps: reset the growth "
                              "counter to 0 on every overflow, and do not count the overflowing step")
@@ -438,7 +258,7 @@ def _(impl):
 
 @CHECKS.add("3.4", "the growth counter resets after growth",
             hint="after growing the scale, set the growth counter back to 0")
-def _(impl):
+def growth_counter_resets_after_growth(impl):
     return _trajectory_check(impl, "FFFFFFFFF", 3,
                              "after a growth the counter must restart at 0, so the next growth waits another "
                              "growth_interval steps")
@@ -446,7 +266,7 @@ def _(impl):
 
 @CHECKS.add("3.4", "the scale never grows to inf",
             hint="grow only if scale * growth_factor is finite in fp32 (torch keeps the scale in fp32)")
-def _(impl):
+def scale_never_grows_to_inf(impl):
     top = 2.0**127  # fp32's largest power of two
     scaler = _scaler(impl, init_scale=top, growth_interval=1)
     scales, _ = _drive(scaler, "FFF")
@@ -460,7 +280,7 @@ def _(impl):
 
 @CHECKS.add("3.4", "a run with injected overflows equals torch.amp.GradScaler",
             hint="scale, unscale_, step and update together must reproduce GradScaler exactly")
-def _(impl):
+def run_with_overflows_equals_grad_scaler(impl):
     ours = _full_run(_scaler(impl, growth_interval=3))
     ref = _full_run(_ref(init_scale=INIT, growth_interval=3))
     detail = f"16 fp16 steps, overflows at {sorted(INJECT)}, unscale_ + clip 0.5, AdamW"
@@ -480,17 +300,10 @@ def _(impl):
     return passed(f"{detail}: scales, skipped steps and final parameters identical")
 
 
-def _diagnose_run(impl) -> str | None:
-    pattern = "".join("I" if i in INJECT else "F" for i in range(16))
-    got, _ = _drive(_scaler(impl, growth_interval=3), pattern)
-    rule = _diagnose(pattern, got, 3)
-    return f"your update rule looks like: {rule}" if rule else None
-
-
 # --------------------------------------------------------------- Exercise 3.5: state_dict --
 @CHECKS.add("3.5", "state_dict has GradScaler's keys and values",
             hint="return {'scale', 'growth_factor', 'backoff_factor', 'growth_interval', '_growth_tracker'}")
-def _(impl):
+def state_dict_matches_grad_scaler(impl):
     scaler = _scaler(impl, growth_interval=5)
     ref = _ref(init_scale=INIT, growth_interval=5)
     for s in (scaler, ref):
@@ -509,7 +322,7 @@ def _(impl):
 
 @CHECKS.add("3.5", "load_state_dict resumes mid-run (also from GradScaler's state_dict)",
             hint="load_state_dict must restore the scale, the factors, growth_interval and _growth_tracker")
-def _(impl):
+def load_state_dict_resumes_mid_run(impl):
     first, second = "FFIFF", "FIFFFFF"
     full, _ = _drive(_scaler(impl, growth_interval=3), first + second)
     for source in ("LossScaler", "torch.amp.GradScaler"):
@@ -528,42 +341,10 @@ def _(impl):
     return passed(f"resumed from ours and from GradScaler's: {_fmt(full)}")
 
 
-def _loaded_without_tracker(impl, saver):
-    state = dict(saver.state_dict())
-    state["_growth_tracker"] = 0
-    scaler = impl.LossScaler()
-    scaler.load_state_dict(state)
-    return scaler
-
-
 # ---------------------------------------------------------------- Exercise 3.6: train_step --
-def _library_scaler(**kwargs):
-    from efftrain_lib.precision import LossScaler  # proven equal to GradScaler in tests/test_precision.py
-
-    return LossScaler(**kwargs)
-
-
-def _reference_step(model, optimizer, scaler, x, y, max_grad_norm):
-    with torch.autocast("cpu", dtype=torch.float16):
-        loss = F.mse_loss(model(x).float(), y)
-    scaler.scale(loss).backward()
-    norm = None
-    if max_grad_norm is not None:
-        scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm).item()
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.item(), norm
-
-
-def _mse(output, target):
-    return F.mse_loss(output.float(), target)
-
-
 @CHECKS.add("3.6", "train_step clips the unscaled gradients",
             hint="scaler.unscale_(optimizer) before clip_grad_norm_, then scaler.step and scaler.update")
-def _(impl):
+def train_step_clips_unscaled_gradients(impl):
     x, y = _data()
     ours_model, ref_model = _mlp(), _mlp()
     ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.1)
@@ -590,7 +371,7 @@ def _(impl):
 
 @CHECKS.add("3.6", "train_step skips the step on overflow and updates the scale",
             hint="call scaler.step(optimizer) (not optimizer.step()) and scaler.update() every step")
-def _(impl):
+def train_step_skips_on_overflow_and_updates_scale(impl):
     x, y = _data()
     model = _mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -620,7 +401,7 @@ def _(impl):
 @CHECKS.add("3.6", "train_step over a run equals the GradScaler recipe",
             hint="autocast forward, scaler.scale(loss).backward(), unscale_, clip, scaler.step, scaler.update, "
                  "zero_grad")
-def _(impl):
+def train_step_run_equals_grad_scaler_recipe(impl):
     x, y = _data()
     ours_model, ref_model = _mlp(), _mlp()
     ours_opt = torch.optim.AdamW(ours_model.parameters(), lr=1e-2)

@@ -120,7 +120,7 @@ _DISAMBIGUATE = [(1000, 4, 2, "adam", False), (1000, 2, 2, "sgd_momentum", True)
 
 @CHECKS.add("0.1", "fp32 Adam: 16 bytes per parameter (7B -> 112 GB)",
             hint="weights 4 + gradients 4 + Adam m and v 2 x 4 = 16 bytes per parameter")
-def _(impl):
+def fp32_adam_is_16_bytes_per_parameter(impl):
     return _check_states(impl, [(7_000_000_000, 4, 4, "adam", False)],
                          "7B fp32 Adam = 112,000,000,000 bytes (16 bytes/param)",
                          "fp32 Adam: weights 4 + gradients 4 + m and v 2 x 4 = 16 bytes per parameter")
@@ -128,7 +128,7 @@ def _(impl):
 
 @CHECKS.add("0.1", "mixed precision Adam with master weights: 16 bytes per parameter",
             hint="2 (fp16 weights) + 2 (fp16 grads) + 4 (fp32 master copy) + 8 (fp32 m, v) = 16")
-def _(impl):
+def mixed_precision_adam_with_master_weights_is_16_bytes(impl):
     return _check_states(impl, [(1_000_000, 2, 2, "adam", True), (1000, 2, 4, "adam", True)],
                          "fp16 weights and grads + fp32 master, m, v = 16 bytes/param (EleutherAI's figure)",
                          "2 + 2 + 4 (master) + 8 (m, v) = 16 bytes per parameter")
@@ -136,7 +136,7 @@ def _(impl):
 
 @CHECKS.add("0.1", "optimizer state is fp32 even for 16-bit weights",
             hint="m and v are fp32 (4 bytes each) whatever weight_bytes is: 2 + 2 + 8 = 12 without master")
-def _(impl):
+def optimizer_state_is_fp32_for_16_bit_weights(impl):
     return _check_states(impl, [(1_000_000, 2, 2, "adam", False), (1000, 2, 4, "adam", False)],
                          "bf16 weights and grads, fp32 m and v: 12 bytes/param",
                          "m and v are fp32 (4 bytes each) whatever weight_bytes is")
@@ -144,7 +144,7 @@ def _(impl):
 
 @CHECKS.add("0.1", "SGD with momentum keeps one state, plain SGD none",
             hint="sgd_momentum: one fp32 state (4 bytes); sgd: none")
-def _(impl):
+def sgd_momentum_keeps_one_state_plain_sgd_none(impl):
     return _check_states(impl, [(1_000_000, 4, 4, "sgd_momentum", False), (1_000_000, 4, 4, "sgd", False),
                                 (1000, 2, 2, "sgd", True)],
                          "SGD+momentum 12 bytes/param, SGD 8, SGD with an fp32 master 8 (2 + 2 + 4)",
@@ -152,7 +152,7 @@ def _(impl):
 
 
 @CHECKS.add("0.1", "returns an int of bytes", hint="return int(num_params * bytes_per_param)")
-def _(impl):
+def training_memory_returns_int_bytes(impl):
     out = _call_states(impl, 70_000_000_001, 4, 4, "adam", False)
     if isinstance(out, bool) or not isinstance(out, int):
         return failed(f"returned {type(out).__name__} {_fmt(out)}", "return an int of bytes: int(...)")
@@ -177,7 +177,7 @@ def _raises_value_error(fn, *args, words=(), **kwargs) -> str | None:
 
 @CHECKS.add("0.1", "bad input raises a clear ValueError",
             hint="raise ValueError for num_params/weight_bytes/grad_bytes <= 0 and for an unknown optimizer")
-def _(impl):
+def training_memory_bad_input_raises_value_error(impl):
     f = impl.training_memory_bytes
     cases = [
         ("num_params=0", lambda: f(0, weight_bytes=4, grad_bytes=4, optimizer="adam"), ("num_params", "0")),
@@ -240,7 +240,7 @@ _LORA_MIXED = ([(64, 64), (172, 64), (64, 172)], 4)
 
 
 @CHECKS.add("0.2", "one square layer: (d + k) * r", hint="A: r x in_features, B: out_features x r")
-def _(impl):
+def lora_params_of_one_square_layer(impl):
     return _check_lora(impl, [([(4096, 4096)], 8), _LORA_MIXED, ([(48, 20), (20, 48)], 3)],
                        "4096 x 4096 at r=8: 65,536 (0.39% of 16,777,216)",
                        "a rank-r LoRA on an out x in layer adds r * in + out * r parameters")
@@ -248,7 +248,7 @@ def _(impl):
 
 @CHECKS.add("0.2", "non-square layers: A is r x in, B is out x r",
             hint="(out_features + in_features) * rank per layer")
-def _(impl):
+def lora_params_of_non_square_layers(impl):
     return _check_lora(impl, [([(11008, 4096)], 16), ([(20, 48)], 3), _LORA_MIXED],
                        "11008 x 4096 at r=16: 241,664",
                        "(out_features + in_features) * rank per layer, whatever the shape")
@@ -256,14 +256,14 @@ def _(impl):
 
 @CHECKS.add("0.2", "sums over layers (LLaMA-7B q, v at r=8: 4,194,304)",
             hint="add up (out + in) * rank over every layer in shapes")
-def _(impl):
+def lora_params_summed_over_layers(impl):
     return _check_lora(impl, [([(4096, 4096)] * 64, 8), _LORA_MIXED, ([(8, 30), (30, 8), (16, 16)], 2)],
                        "64 x (4096 + 4096) x 8 = 4,194,304",
                        "add up (out + in) * rank over every layer in shapes")
 
 
 @CHECKS.add("0.2", "returns an int", hint="parameter counts are integers")
-def _(impl):
+def lora_params_returns_int(impl):
     out = impl.lora_trainable_params([(4096, 11008)], 8)
     if isinstance(out, bool) or not isinstance(out, int):
         return failed(f"returned {type(out).__name__} {_fmt(out)}", "return an int: parameters are counted, not measured")
@@ -272,7 +272,7 @@ def _(impl):
 
 @CHECKS.add("0.2", "rank larger than a layer, or non-positive sizes, raise ValueError",
             hint="rank must be in [1, min(out_features, in_features)] for every layer")
-def _(impl):
+def lora_params_bad_rank_or_sizes_raise_value_error(impl):
     f = impl.lora_trainable_params
     try:
         at_limit = f([(8, 4)], 4)
@@ -344,7 +344,7 @@ _ACT_SMALL = (100, 3, 96, 7, 2)  # 5as/h is not an integer here: compute in a wa
 
 @CHECKS.add("0.3", "no recomputation: sbh(34 + 5as/h) per layer (7B, s=2048: 30.6 GB)",
             hint="per layer s*b*h*(34 + 5*a*s/h), times n_layers")
-def _(impl):
+def activations_without_recomputation(impl):
     return _check_act(impl, [(2048, 1, 4096, 32, 32), _ACT_SMALL, (64, 2, 64, 4, 3)],
                       "30,601,641,984 bytes for s=2048, b=1, h=4096, a=32, 32 layers",
                       "per layer s*b*h*(34 + 5*a*s/h), times n_layers")
@@ -352,7 +352,7 @@ def _(impl):
 
 @CHECKS.add("0.3", "selective and full recomputation: 34sbh and 2sbh",
             hint="selective keeps 34*s*b*h per layer, full keeps 2*s*b*h (each layer's 16-bit input)")
-def _(impl):
+def activations_with_selective_and_full_recomputation(impl):
     probes = [(2048, 1, 4096, 32, 32, "selective"), (2048, 1, 4096, 32, 32, "full"),
               _ACT_SMALL + ("selective",), _ACT_SMALL + ("full",), _ACT_SMALL]
     return _check_act(impl, probes, "9,126,805,504 (selective) and 536,870,912 (full) bytes for the 7B",
@@ -361,7 +361,7 @@ def _(impl):
 
 @CHECKS.add("0.3", "returns an int; bad input raises ValueError",
             hint="int(...) the result; raise ValueError for sizes <= 0 and unknown recompute names")
-def _(impl):
+def activations_returns_int_and_rejects_bad_input(impl):
     out = impl.activation_bytes(*_ACT_SMALL)
     if isinstance(out, bool) or not isinstance(out, int):
         return failed(f"returned {type(out).__name__} {_fmt(out)}", "return an int of bytes: int(...)")

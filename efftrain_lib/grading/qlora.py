@@ -95,7 +95,7 @@ def _index_rounding_hint(impl_indices, x, block_size, code) -> str:
 # --------------------------------------------------------- Exercise 6.1: block-wise absmax --
 @CHECKS.add("6.1", "absmax: one float32 scale per block",
             hint="absmax = the largest |value| of each block of block_size values, float32, one per block")
-def _(impl):
+def absmax_one_float32_scale_per_block(impl):
     ref = _reference()
     w = _weight()
     indices, absmax = impl.quantize_blockwise_absmax(w, 64, ref.table)
@@ -116,7 +116,7 @@ def _(impl):
 
 @CHECKS.add("6.1", "codes equal torchao's (its NF4 table)",
             hint="divide each block by its absmax and take the index of the nearest code value")
-def _(impl):
+def codes_equal_torchaos_its_nf4_table(impl):
     ref = _reference()
     w = _weight()
     indices, _ = impl.quantize_blockwise_absmax(w, 64, ref.table)
@@ -130,7 +130,7 @@ def _(impl):
 
 @CHECKS.add("6.1", "dequantized weight equals torchao's",
             hint="dequantize: code[index] times the absmax of the index's own block, reshaped")
-def _(impl):
+def dequantized_weight_equals_torchaos(impl):
     ref = _reference()
     t = ref.tensor
     scales = t.dequantize_scalers(t.quantized_scalers, t.quantization_factor, t.scaler_block_size)
@@ -148,7 +148,7 @@ def _(impl):
 
 @CHECKS.add("6.1", "any sorted 2^b code table round-trips",
             hint="work for any sorted table of 2^b values (b <= 8), zero blocks and bf16 input, not only NF4")
-def _(impl):
+def any_sorted_pow2_b_code_table_round_trips(impl):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(8, 64, generator=g)
     x[0, :32] = 0.0  # an all-zero block of 32
@@ -178,7 +178,7 @@ def _(impl):
 @CHECKS.add("6.1", "bad input gets clear errors",
             hint="raise ValueError (size not a multiple of block_size, block_size <= 0, code not sorted or not "
                  "2^b values) and TypeError (a non-floating tensor), each with a message")
-def _(impl):
+def bad_input_gets_clear_errors(impl):
     nf4 = torch.tensor(NF4_PUBLISHED)
     x = torch.randn(4, 64)
     cases = [("100 values in blocks of 64", ValueError, lambda: impl.quantize_blockwise_absmax(torch.randn(100), 64, nf4),
@@ -209,7 +209,7 @@ def _(impl):
 # ------------------------------------------------------------------------ Exercise 6.2: NF4 --
 @CHECKS.add("6.2", "NF4 equals the published table",
             hint="quantiles of N(0, 1): 8 positive, 7 negative and an exact 0, normalised so the ends are -1 and 1")
-def _(impl):
+def nf4_equals_the_published_table(impl):
     got = impl.nf4_code_values()
     published = torch.tensor(NF4_PUBLISHED)
     if not isinstance(got, torch.Tensor) or got.numel() != 16:
@@ -251,7 +251,7 @@ def _double_quant_hint(impl, scales: torch.Tensor) -> str:
 
 @CHECKS.add("6.3", "double quantization equals torchao's",
             hint="subtract the scales' mean; per group of 256: factor 256 / (2 absmax), round, clamp to [-128, 127], int8")
-def _(impl):
+def double_quantization_equals_torchaos(impl):
     ref = _reference()
     codes, factors, mean = impl.double_quantize(ref.absmax, 256)
     if codes.dtype != torch.int8 or codes.numel() != ref.absmax.numel():
@@ -269,7 +269,7 @@ def _(impl):
 
 @CHECKS.add("6.3", "double dequantization recovers the scales",
             hint="scale = code / its group's factor + mean; a last partial group has its own factor")
-def _(impl):
+def double_dequantization_recovers_the_scales(impl):
     ref = _reference()
     t = ref.tensor
     want = t.dequantize_scalers(t.quantized_scalers, t.quantization_factor, t.scaler_block_size)
@@ -378,7 +378,7 @@ def _weight_or(impl, base, layer, otherwise: str) -> str:
 
 @CHECKS.add("6.4", "only lora_A and lora_B train",
             hint="freeze everything but lora_A [rank, in] and lora_B [out, rank] (keep the bias frozen)")
-def _(impl):
+def only_lora_a_and_lora_b_train(impl):
     layer = _layer(impl)
     trainable = sorted(name for name, p in layer.named_parameters() if p.requires_grad)
     if trainable != ["lora_A", "lora_B"]:
@@ -392,7 +392,7 @@ def _(impl):
 
 @CHECKS.add("6.4", "starts as the quantized base (B = 0)",
             hint="lora_B starts at zero, so the layer computes x W^T + b with W the dequantized NF4 weight")
-def _(impl):
+def starts_as_the_quantized_base_b_0(impl):
     base = _base()
     want = nn.functional.linear(_x(), _dequantized(base), base.bias)
     layer = _layer(impl, base)
@@ -408,7 +408,7 @@ def _(impl):
 
 @CHECKS.add("6.4", "forward equals LoRA on the dequantized weight",
             hint="forward = dequantized base + (x A^T B^T) * alpha / rank")
-def _(impl):
+def forward_equals_lora_on_the_dequantized_weight(impl):
     base, layer, ref = _trained_pair(impl)
     with torch.no_grad():
         diff = _diff(layer(_x()), ref(_x()))
@@ -420,7 +420,7 @@ def _(impl):
 
 @CHECKS.add("6.4", "gradients equal LoRA's on the dequantized weight",
             hint="backward must give dx = g dequant(W) and LoRA's gradients for A and B")
-def _(impl):
+def gradients_equal_loras_on_the_dequantized_weight(impl):
     base, layer, ref = _trained_pair(impl)
     g = torch.randn(3, 5, OUT, generator=torch.Generator().manual_seed(7))
     x1, x2 = _x(True), _x(True)
@@ -443,7 +443,7 @@ def _stored_bytes(layer) -> int:
 
 @CHECKS.add("6.4", "double_quant=False keeps fp32 scales",
             hint="without double quantization keep one fp32 absmax per block; with it, 8-bit scales (fewer bytes)")
-def _(impl):
+def double_quant_false_keeps_fp32_scales(impl):
     base = _base()
     single = _layer(impl, base, double_quant=False)
     with torch.no_grad():
@@ -468,7 +468,7 @@ def _floating_tensors(layer):
 
 @CHECKS.add("6.4", "codes packed two per byte, fp32 weight not kept",
             hint="store the 4-bit codes two per byte (uint8, out*in/2) and drop the fp32 weight")
-def _(impl):
+def codes_packed_two_per_byte_fp32_weight_not_kept(impl):
     base = _base()
     watch = weakref.ref(base.weight)
     layer = _layer(impl, base)
@@ -492,7 +492,7 @@ def _(impl):
 
 @CHECKS.add("6.4", "dequantized weight not saved for backward",
             hint="use a torch.autograd.Function that dequantizes in forward and again in backward")
-def _(impl):
+def dequantized_weight_not_saved_for_backward(impl):
     layer = _layer(impl)
     saved = []
 
@@ -513,7 +513,7 @@ def _(impl):
 
 @CHECKS.add("6.4", "computes in the input's dtype",
             hint="dequantize the weight in x.dtype and return the output in x.dtype (bf16 in, bf16 out)")
-def _(impl):
+def computes_in_the_inputs_dtype(impl):
     layer = _layer(impl)
     _randomize_b(layer)
     with torch.no_grad():

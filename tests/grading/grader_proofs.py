@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -40,8 +38,6 @@ class ChapterProof:
     exact_failures: bool = False
     # every check a mistake fails reports a plain "fail" (never an error, a timeout or a stub)
     failures_are_fails: bool = False
-    # warnings some mistake makes torch emit while graded (message prefixes, literal), ignored
-    ignore_warnings: tuple[str, ...] = ()
     cli_timeout: float = 120  # seconds for one `python -m efftrain_lib.grade` run
     cli_shows: tuple[str, ...] = ()  # more text the CLI must print for the solutions
 
@@ -79,11 +75,7 @@ def grade_mistake(chapter: ChapterProof, path: Path) -> tuple[ModuleType, Report
     """Grade one mistake of the catalog: its module (for CAUGHT_BY) and its report. A mistake may ask for
     its own per-check timeout (GRADE_TIMEOUT, e.g. one that hangs)."""
     module = load_module(path)
-    with warnings.catch_warnings():
-        for message in chapter.ignore_warnings:
-            warnings.filterwarnings("ignore", message=re.escape(message))
-        report = grade(chapter.name, path, timeout=getattr(module, "GRADE_TIMEOUT", DEFAULT_TIMEOUT_S))
-    return module, report
+    return module, grade(chapter.name, path, timeout=getattr(module, "GRADE_TIMEOUT", DEFAULT_TIMEOUT_S))
 
 
 def cli(chapter: str, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:

@@ -3,13 +3,13 @@
 pass, stubs fail as stubs, the CLI), and how strict its catalog is: every mistake in
 tests/grading/mistakes/accumulation/ fails exactly the checks it declares, each with a plain "fail" and a
 message that names the mistake (words may be empty for a check that only sees the mistake's consequences,
-e.g. the end-to-end training check). No test only this chapter needs.
+e.g. the end-to-end training check); and a warning the learner's code makes torch emit reaches the learner.
 The graders use a token-wise MLP of a few hundred parameters: the whole proof runs in seconds.
 """
 
 from __future__ import annotations
 
-from grader_proofs import ChapterProof
+from grader_proofs import ChapterProof, by_id, grade_mistake
 
 PROOF = ChapterProof(
     "accumulation", exercises=frozenset({"4.1", "4.2"}), notebook="notebooks/04_gradient_accumulation.ipynb",
@@ -19,6 +19,12 @@ PROOF = ChapterProof(
                         "zero_grad_inside_window", "scheduler_per_micro_batch", "scaler_update_per_micro_batch"}),
     library="efftrain_lib",  # efftrain_lib/accumulation.py
     exact_failures=True, failures_are_fails=True,
-    # scheduler_per_micro_batch makes torch warn that the scheduler stepped before the optimizer
-    ignore_warnings=("Detected call of `lr_scheduler.step()`",),
 )
+
+
+def test_a_warning_from_the_learners_code_is_shown_with_its_check():
+    # The checks run in a child process: what they print, warnings included, comes back with the check
+    # (here torch's warning that the scheduler stepped before the optimizer), not into the grader's output.
+    _, report = grade_mistake(PROOF, PROOF.mistakes_dir / "scheduler_per_micro_batch.py")
+    result = by_id(report, "4.1 scheduler: one step per optimizer step")
+    assert not result.passed and "Detected call of `lr_scheduler.step()` before `optimizer.step()`" in result.output

@@ -8,13 +8,15 @@ files describe (their `PROOF`; what only one chapter needs is tested in its own 
   where the chapter says so, it fails exactly those checks, and every failure is a plain "fail";
 - every check is proven by at least one mistake (a check no mistake trips is untested); every failure
   carries a hint, and every check a default hint (shown when learner code raises inside the check);
+- every check function is named for what it checks (never `_`, unique in its chapter);
 - the CLI: exit 0 on the solutions, 1 on the stubs, --json parses.
-One chapter's proof alone: `pytest tests/grading -k lora`.
+One chapter's proof alone: `pytest tests/grading -k lora`; one check's: `-k output_equals_base_at_init`.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 
 import pytest
@@ -32,7 +34,9 @@ from efftrain_lib.grading import CHAPTERS as REGISTERED
 PROOFS: list[ChapterProof] = [m.PROOF for m in (test_memory_math_graders, test_lora_graders,
                                                  test_checkpointing_graders, test_loss_scaling_graders,
                                                  test_accumulation_graders, test_qlora_graders)]
-CHECK_CASES = [pytest.param(c, check_id, id=f"{c}-{check_id}") for c in PROOFS for check_id in c.check_ids]
+# ids name the check function: `pytest tests/grading -k output_equals_base_at_init` selects its proofs
+CHECK_CASES = [pytest.param(c, f"{check.exercise} {check.name}", id=f"{c}-{check.exercise}-{check.function}")
+               for c in PROOFS for check in c.graders.CHECKS]
 MISTAKE_CASES = [pytest.param(c, path, id=f"{c}-{path.stem}") for c in PROOFS for path in c.mistakes]
 per_chapter = pytest.mark.parametrize("chapter", PROOFS, ids=str)
 
@@ -56,6 +60,21 @@ def test_every_exercise_has_checks(chapter):
     assert len({c.name for c in graders.CHECKS}) == len(graders.CHECKS)
 
 
+@per_chapter
+def test_every_check_function_is_named_for_what_it_checks(chapter):
+    # A failure's traceback and `pytest -k` name the check by its function: `_` tells nothing, and two
+    # checks sharing a name would leave only the last one reachable by it in the module.
+    graders = chapter.graders
+    functions = [check.function for check in graders.CHECKS]
+    assert "_" not in functions, [c.name for c in graders.CHECKS if c.function == "_"]
+    assert len(set(functions)) == len(functions), sorted(f for f in functions if functions.count(f) > 1)
+    for check in graders.CHECKS:
+        # the module's name for it is this very check (not a helper or a later check that shadows it)
+        defined = getattr(graders, check.function, None)
+        assert defined is not None and inspect.unwrap(defined) is inspect.unwrap(check.func), (
+            f"{chapter.name}.{check.function} is not the check {check.exercise} {check.name!r}")
+
+
 @pytest.mark.parametrize("chapter, check_id", CHECK_CASES)
 def test_solution_passes(chapter, check_id):
     result = by_id(_report(chapter.name, "solutions"), check_id)
@@ -67,6 +86,9 @@ def test_solution_report_says_so(chapter):
     report = _report(chapter.name, "solutions")
     assert report.all_passed
     assert report.summary().startswith(f"All {len(chapter.check_ids)} checks passed")
+    # nothing printed, at import or in a check (a warning would show here: the checks run in a child
+    # process, which reports what it prints with each check)
+    assert report.output == "" and [r.output for r in report.results if r.output] == []
 
 
 @pytest.mark.parametrize("chapter", [c for c in PROOFS if c.library], ids=str)

@@ -21,10 +21,9 @@ HANG = PROOF.mistakes_dir / "hangs_in_merge.py"  # asks for a short GRADE_TIMEOU
 
 
 def test_cli_reports_a_hang_as_timed_out():
-    proc, wall = cli("lora", "--impl", str(HANG.relative_to(ROOT)), "--exercise", "1.2", "--timeout", "0.5",
-                     "--json")
+    # Bounded by cli()'s own timeout (the process is killed past it); no wall-clock assertion: machines are noisy.
+    proc, _ = cli("lora", "--impl", str(HANG.relative_to(ROOT)), "--exercise", "1.2", "--timeout", "0.5", "--json")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     data = json.loads(proc.stdout)
     assert data["total"] == 3 and {r["status"] for r in data["results"]} == {"timeout"}
     assert all("timed out after 0.5 s" in r["detail"] for r in data["results"])
-    assert wall < 30  # 3 checks x (0.5 s + 0.5 s grace), plus starting Python, torch and PEFT
