@@ -152,8 +152,9 @@ def environment(ctx: Context, result: Result) -> None:
 # autocast: the op table against the documented lists
 # ----------------------------------------------------------------------------------------------
 
-#: PyTorch's "Autocast Op Reference" (https://docs.pytorch.org/docs/stable/amp.html#autocast-op-reference,
-#: source docs/source/amp.md, read at pytorch/pytorch commit 4e0ff98, a page that already documents
+DOC_URL = "https://docs.pytorch.org/docs/stable/amp.html#autocast-op-reference"
+DOC_SOURCE = "docs/source/amp.md at pytorch/pytorch 4e0ff98"
+#: PyTorch's "Autocast Op Reference" (DOC_URL; read in DOC_SOURCE, a page that already documents
 #: torch._functorch.config.backward_pass_autocast, which torch 2.13 has): for each op that
 #: efftrain_lib.precision.autocast_op_dtypes runs, whether the lists name it under "... Ops that can
 #: autocast to float16/bfloat16" (lower) or "... Ops that can autocast to float32" (fp32). An op in
@@ -228,6 +229,10 @@ def autocast_table(ctx: Context, result: Result) -> None:
         rows.append(row)
     result.table(f"autocast on {ctx.device}: output dtype of each op (autocast dtype, input dtype)",
                  ["op"] + [f"{short[a]} autocast, {short[i]} in" for a, i in columns], rows)
+    result.note(f"Documented: PyTorch's Autocast Op Reference ({DOC_URL}; read in {DOC_SOURCE}), its "
+                f"{ctx.device.upper()} lists: an op in neither the lower-precision nor the float32 list runs in its "
+                "inputs' dtype. Registered: the AT_FORALL_* lists of ATen/autocast_mode.h in the installed torch, "
+                "what its CUDA autocast dispatches by.")
     n = len(rows)
     if header is None:
         result.figure("ops whose dtype matches the Autocast Op Reference", f"{n - len(off_docs)}/{n}",
@@ -445,6 +450,19 @@ def _memory_rows(ctx: Context):
     return grid + extra
 
 
+def _cuda_warm_up() -> None:
+    """One matmul per dtype: the workspaces cuBLAS then keeps for good exist before the first configuration."""
+    import gc
+
+    import torch
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        a = torch.randn(64, 64, device="cuda", dtype=dtype)
+        (a @ a).sum().item()
+    del a
+    gc.collect()
+
+
 def memory_estimator(ctx: Context, result: Result) -> None:
     import gc
 
@@ -455,12 +473,8 @@ def memory_estimator(ctx: Context, result: Result) -> None:
 
     _prepare(ctx)
     cuda = ctx.device == "cuda"
-    if cuda:  # the workspaces matmuls keep for good, allocated before the first configuration
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            a = torch.randn(64, 64, device="cuda", dtype=dtype)
-            (a @ a).sum().item()
-        del a
-        gc.collect()
+    if cuda:
+        _cuda_warm_up()
         result.note(f"Allocated before the grid, after one matmul per dtype (cuBLAS workspaces): "
                     f"{_fmt_bytes(torch.cuda.memory_allocated())}.")
     rows, errors, big = [], [], []
@@ -473,8 +487,7 @@ def memory_estimator(ctx: Context, result: Result) -> None:
             rows.append([label, _fmt_bytes(measured), _fmt_bytes(predicted.peak_bytes), f"{err:+.2%}"])
             errors.append((label, err, err))
             continue
-        gc.collect()
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # fresh segments: no cached block handed out larger than asked for
         record = measure_training_step(config, **settings)
         stats = torch.cuda.memory_stats()
         gc.collect()

@@ -11,6 +11,7 @@ The self-test takes ~10 s on 2 idle cores (one torch import, then forked parts).
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import multiprocessing
 import os
@@ -132,6 +133,74 @@ def test_nbval_outcomes_are_read_with_and_without_xdist():
              "[gw0] [100%] ERROR notebooks/01_lora::ipynb::Cell 1 \n")
     assert gpu_parts.nbval_outcomes(plain + xdist) == {"00_memory_anatomy": {"PASSED": 1, "FAILED": 1},
                                                        "01_lora": {"PASSED": 1, "ERROR": 1}}
+
+
+# The CUDA-only branches, run here on made-up CUDA readings: the arithmetic and verdicts a GPU run relies on.
+def test_cuda_autocast_verdicts_tell_a_gap_in_the_page_from_a_wrong_dtype(tmp_path, monkeypatch):
+    import torch
+
+    from efftrain_lib import precision
+
+    header = gpu_parts.header_lists()
+    if header is None:
+        pytest.skip("this torch ships no ATen/autocast_mode.h")
+    ops = list(precision.autocast_op_dtypes("cpu"))
+    registered = {kind: {op for op in ops if gpu_parts.HEADER_NAMES.get(op, op) in names}
+                  for kind, names in header.items()}
+    wrong = set()
+
+    def fake_cuda(device, dtype, input_dtype):  # what CUDA autocast does by this torch's registration lists
+        assert device == "cuda"
+        return {op: torch.float16 if op in wrong else gpu_parts.expected_dtype(registered, op, dtype, input_dtype)
+                for op in ops}
+
+    monkeypatch.setattr(precision, "autocast_op_dtypes", fake_cuda)
+    ctx = gpu_parts.Context("cuda", False, False, str(ROOT), str(tmp_path), str(tmp_path), time.time() + 60)
+    as_registered = gpu_parts.Result(str(tmp_path / "a.json"))
+    gpu_parts.autocast_table(ctx, as_registered)
+    assert [f["verdict"] for f in as_registered.figures] == ["PASS", "PASS"]
+    assert any("scaled_dot_product_attention" in n for n in as_registered.notes)  # registered, not on the page
+    wrong.add("softmax")  # fp32 by the page and by the registration: a real discrepancy
+    regressed = gpu_parts.Result(str(tmp_path / "b.json"))
+    gpu_parts.autocast_table(ctx, regressed)
+    assert [f["verdict"] for f in regressed.figures] == ["MISS", "MISS"]
+
+
+def test_cuda_memory_rows_separate_rounding_and_workspaces_from_the_estimate(tmp_path, monkeypatch):
+    import types
+
+    import torch
+
+    from efftrain_lib import memory_validation
+    from efftrain_lib.memory import estimate_training_memory
+
+    workspace, rounding, seen = 32 * 2**20, 6 * 512, []
+
+    def fake_step(config, **settings):  # the allocator's reading: the estimate exactly, plus what a GPU adds
+        seen.append(settings)
+        peak = estimate_training_memory(config, **settings).allocator_peak + workspace + rounding
+        fake_step.requested = peak - rounding
+        return types.SimpleNamespace(peak=types.SimpleNamespace(total=peak))
+
+    monkeypatch.setattr(memory_validation, "measure_training_step", fake_step)
+    monkeypatch.setattr(gc, "collect", lambda: 0)  # nothing to collect here, and slow in a big test process
+    monkeypatch.setattr(gpu_parts, "_cuda_warm_up", lambda: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: workspace)
+    monkeypatch.setattr(torch.cuda, "memory_stats", lambda *a: {"requested_bytes.all.peak": fake_step.requested})
+    ctx = gpu_parts.Context("cuda", False, False, str(ROOT), str(tmp_path), str(tmp_path), time.time() + 60)
+    result = gpu_parts.Result(str(tmp_path / "m.json"))
+    gpu_parts.memory_estimator(ctx, result)
+    grid = memory_validation.validation_grid()
+    assert len(seen) > len(grid) and {s["precision"] for s in seen[len(grid):]} == {"fp16_autocast"}
+    (table,) = result.tables
+    assert len(table["rows"]) == len(seen)
+    row = table["rows"][-1]
+    assert row[2] == f"{rounding / 2**20:.3f} MiB" and row[3] == "32.000 MiB" and row[7] == "+0.00%"
+    assert float(row[6].rstrip("%")) < 0  # against the raw peak the workspace makes the estimate look low
+    verdicts = {f["name"]: f["verdict"] for f in result.figures}
+    assert verdicts["configurations above 8 MiB (net) within 5% of the estimate"] == "PASS"
+    assert (tmp_path / "gpu_memory_estimator.png").read_bytes()[:8] == PNG
 
 
 def test_the_registry_names_each_part_once_and_probes_the_device_first():
