@@ -272,6 +272,9 @@ def main(argv=None) -> int:
               f"and {out / REPORT} is left as it was. Run `make gpu-check` on a machine with an NVIDIA GPU, or "
               "`python scripts/gpu_check.py --cpu-selftest` to exercise the script here.")
         return 0
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("gpu_*.png"):  # a figure a part does not redraw this time must not be committed as new
+        stale.unlink()
     results = [environment]
     print(f"gpu-check on {environment['info'].get('device')}: results in {out / REPORT}", flush=True)
     try:
