@@ -291,8 +291,15 @@ def _scaled_run(scaler, device: str, steps: int, inject, clip, small: bool):
             [p.detach().cpu() for p in model.parameters()])
 
 
-def _same_losses(a, b) -> bool:
-    return len(a) == len(b) and all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b))
+def _loss_diff(a: list[float], b: list[float]) -> float:
+    """max |a - b| over two runs' losses; inf where one is inf/NaN and the other not the same (NaN == NaN here)."""
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        if math.isfinite(x) and math.isfinite(y):
+            worst = max(worst, abs(x - y))
+        elif not (x == y or (math.isnan(x) and math.isnan(y))):
+            return math.inf
+    return worst
 
 
 def loss_scaler(ctx: Context, result: Result) -> None:
@@ -315,26 +322,28 @@ def loss_scaler(ctx: Context, result: Result) -> None:
     for name, (kwargs, injected, clip) in scenarios.items():
         ours = _scaled_run(LossScaler(ctx.device, **kwargs), ctx.device, steps, injected, clip, ctx.small)
         ref = _scaled_run(torch.amp.GradScaler(ctx.device, **kwargs), ctx.device, steps, injected, clip, ctx.small)
-        diff = max_abs_diff(ours[3], ref[3])
-        noise = 0.0  # the control: two GradScaler runs, identical but for the kernels' own run-to-run noise
+        diff, losses = max_abs_diff(ours[3], ref[3]), _loss_diff(ours[2], ref[2])
+        noise = loss_noise = 0.0  # the control: two GradScaler runs, identical but for the kernels' own noise
         if not ctx.small:
-            noise = max_abs_diff(_scaled_run(torch.amp.GradScaler(ctx.device, **kwargs), ctx.device, steps, injected,
-                                             clip, ctx.small)[3], ref[3])
+            again = _scaled_run(torch.amp.GradScaler(ctx.device, **kwargs), ctx.device, steps, injected, clip, False)
+            noise, loss_noise = max_abs_diff(again[3], ref[3]), _loss_diff(again[2], ref[2])
         skipped_ok = ours[1] == ref[1] and (not injected or ref[1] == list(injected))
-        rows.append([name, ours[0] == ref[0], f"{ours[1]} / {ref[1]}", _same_losses(ours[2], ref[2]), f"{diff:.2e}",
-                     "-" if ctx.small else f"{noise:.2e}", f"{min(ref[0]):g} .. {max(ref[0]):g}"])
-        same = ours[0] == ref[0] and skipped_ok and _same_losses(ours[2], ref[2]) and diff <= 10 * noise
+        rows.append([name, ours[0] == ref[0], f"{ours[1]} / {ref[1]}", f"{losses:.2e}", f"{diff:.2e}",
+                     "-" if ctx.small else f"{loss_noise:.2e} / {noise:.2e}", f"{min(ref[0]):g} .. {max(ref[0]):g}"])
+        same = ours[0] == ref[0] and skipped_ok and losses <= 10 * loss_noise and diff <= 10 * noise
         result.figure(f"{name}: scale trajectory, skipped steps, losses and parameters vs GradScaler({ctx.device!r})",
-                      "identical" if same and diff == 0 else
-                      f"parameters differ by {diff:.2e}" if diff else "different",
-                      "identical (parameters: torch.equal, or within 10x two GradScaler runs' own difference)", same)
+                      "identical" if same and diff == losses == 0 else
+                      f"within the control: parameters {diff:.1e}, losses {losses:.1e}" if same else
+                      f"different: scales equal {ours[0] == ref[0]}, skipped steps as injected {skipped_ok}, "
+                      f"parameters {diff:.1e}, losses {losses:.1e}",
+                      "identical (losses and parameters: equal, or within 10x two GradScaler runs' difference)", same)
         if not injected:
             result.figure(f"{name}: steps skipped by a real overflow", len(ref[1]), ">= 1", len(ref[1]) >= 1)
         first = first or (name, ours, ref)
     result.table(f"LossScaler vs torch.amp.GradScaler({ctx.device!r}), fp16 autocast, tiny transformer, {steps} "
                  "steps through training.train", ["scenario", "same scales", "skipped (ours / GradScaler)",
-                                                  "same losses", "parameters max |diff|",
-                                                  "two GradScaler runs: max |diff|", "scale range"], rows)
+                                                  "losses max |diff|", "parameters max |diff|",
+                                                  "two GradScaler runs: losses / parameters", "scale range"], rows)
     result.note("Deterministic algorithms on (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG); the "
                 "column 'two GradScaler runs' is the control: what the kernels alone change between identical runs.")
     _plot_scales(ctx, result, *first)
