@@ -265,18 +265,20 @@ def main(argv=None) -> int:
     ctx = Context(device="cpu" if args.cpu_selftest else "cuda", small=args.cpu_selftest,
                   list_only=args.cpu_selftest, repo=str(REPO), out=str(out), logs=str(work), deadline=0.0)
     environment = run_part(PARTS[0], ctx, work, PARTS[0].timeout_s)
-    cuda = environment.get("info", {}).get("cuda_available", False)
-    if not cuda and not args.cpu_selftest:
-        print(f"No CUDA GPU here ({environment.get('info', {}).get('device', 'no device information')}, torch "
-              f"{environment.get('info', {}).get('torch', '?')}; environment: {environment['status']}): nothing ran "
-              f"and {out / REPORT} is left as it was. Run `make gpu-check` on a machine with an NVIDIA GPU, or "
-              "`python scripts/gpu_check.py --cpu-selftest` to exercise the script here.")
+    if environment["status"] != "ok":  # not even torch could say what this machine has
+        print(f"The environment probe {environment['status']}: {environment.get('error', '')}", file=sys.stderr)
+        return 1
+    info = environment["info"]
+    if not info["cuda_available"] and not args.cpu_selftest:
+        print(f"No CUDA GPU here ({info['device']}, torch {info['torch']}): nothing ran and {out / REPORT} is left "
+              "as it was. Run `make gpu-check` on a machine with an NVIDIA GPU, or `python scripts/gpu_check.py "
+              "--cpu-selftest` to exercise the script here.")
         return 0
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("gpu_*.png"):  # a figure a part does not redraw this time must not be committed as new
         stale.unlink()
     results = [environment]
-    print(f"gpu-check on {environment['info'].get('device')}: results in {out / REPORT}", flush=True)
+    print(f"gpu-check on {info['device']}: results in {out / REPORT}", flush=True)
     try:
         for part in PARTS[1:]:
             if args.only and part.name not in args.only:
