@@ -7,7 +7,7 @@ TEST_ENV := MPLCONFIGDIR=$(BUILD)/mpl IPYTHONDIR=$(BUILD)/ipython JUPYTER_CONFIG
 	JUPYTER_DATA_DIR=$(BUILD)/jupyter/data JUPYTER_RUNTIME_DIR=$(BUILD)/jupyter/runtime HF_HOME=$(BUILD)/hf \
 	EFFTRAIN_DRILL_PROGRESS=$(BUILD)/drill_progress.json KINETO_LOG_LEVEL=6 EFFTRAIN_LIVEPLOT=static PYTHONHASHSEED=0
 
-.PHONY: setup lab test test-fast check-widgets benchmarks clean
+.PHONY: setup lab test test-fast check-widgets benchmarks gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 
 benchmarks: setup
 	for b in benchmarks/*.py; do $(TEST_ENV) $(PYTHON_BIN) $$b || exit 1; done
+
+# Course developers, on a machine with an NVIDIA GPU: every GPU path run once (the notebooks under nbval, the CUDA
+# autocast table, LossScaler vs GradScaler("cuda"), checkpointing and accumulation equality, the estimator vs the
+# allocator, the live plot, the benchmarks), written to benchmarks/results/gpu.md with its figures, in under ten
+# minutes. Without a GPU it says so and exits 0; `python scripts/gpu_check.py --cpu-selftest` runs it small on a CPU.
+gpu-check: setup
+	$(TEST_ENV) $(PYTHON_BIN) scripts/gpu_check.py
 
 clean:
 	rm -rf $(BUILD) .pytest_cache
