@@ -30,9 +30,9 @@ NOTEBOOK_STACK = [
     "ptyprocess", "prompt-toolkit", "wcwidth", "stack-data", "asttokens", "executing", "pure-eval", "ipywidgets",
     "widgetsnbextension", "jupyterlab-widgets",
 ]
-#: The reference libraries at the course's pins (the image has other versions); regex, which transformers
-#: wants newer than some images have.
-PINNED = ["peft", "transformers", "regex"]
+#: The reference libraries at the course's pins (the image has other versions; torchao is the QLoRA chapter's
+#: reference, pure Python beside any torch); regex, which transformers wants newer than some images have.
+PINNED = ["peft", "transformers", "regex", "torchao"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_26_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64"]
 
