@@ -48,6 +48,7 @@ from typing import Iterable, Sequence
 from efftrain_lib.lora_math import check_rank, parameter_count
 from efftrain_lib.memory_replay import DTYPE_BYTES, Replay, StepPlan, build_tape
 from efftrain_lib.meter import MIB, MemoryBreakdown
+from efftrain_lib.sharding_math import check_sharding, shard_model_states
 
 GB = 10**9
 GIB = 2**30
@@ -337,6 +338,8 @@ def estimate_training_memory(
     checkpointing=False,
     micro_batch_size: int | None = None,
     attention: str = "flash",
+    devices: int = 1,
+    sharding_stage: int = 0,
 ) -> MemoryEstimate:
     """Predict the peak memory of one steady-state training step, by category (bytes).
 
@@ -351,6 +354,10 @@ def estimate_training_memory(
     checkpointing    False, True (every decoder layer), n (the first n layers) or a list of layer indices
     micro_batch_size gradient accumulation: batch_size is split into micro-batches of this size
     attention        "flash" (SDPA: no seq x seq matrix kept) or "eager" (softmax probabilities kept)
+    devices          data-parallel devices (batch_size is then per device); the figures are one device's
+    sharding_stage   0 every device keeps all model states (DDP); ZeRO 1 shards the optimizer state,
+                     2 also the gradients, 3 also the weights (FSDP): those are divided by `devices`
+                     (efftrain_lib.sharding_math; FSDP's transient all-gathered blocks are not counted)
     """
     shape = shape_of(model)
     batch_size = positive_int("batch_size", batch_size)
@@ -360,6 +367,7 @@ def estimate_training_memory(
     precision = check_choice("precision", precision, PRECISIONS)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     attention = check_choice("attention", attention, ATTENTION_IMPLS)
+    devices, sharding_stage = check_sharding(devices, sharding_stage)
     micro = batch_size if micro_batch_size is None else positive_int("micro_batch_size", micro_batch_size)
     if micro > batch_size or batch_size % micro:
         raise ValueError(f"micro_batch_size ({micro}) must divide batch_size ({batch_size})")
@@ -386,6 +394,8 @@ def estimate_training_memory(
     optimizer_state = (n_trainable * (n_states * state_elem + (4 if master else 0))
                        + (4 * len(trainable) if step_scalars else 0))
     grad_bytes = {id(p): p.numel * elem for p in trainable}
+    weights, grad_bytes, optimizer_state = shard_model_states(weights, grad_bytes, optimizer_state, devices,
+                                                              sharding_stage)
 
     base = {"weights": weights, "optimizer_state": optimizer_state}
     steps = batch_size // micro
@@ -409,7 +419,7 @@ def estimate_training_memory(
         activations=state["activations"], cast_weights=state["cast_weights"], peak_phase=phase,
         all_at_once=all_at_once, workspace=_workspace(plan), total_params=total_params,
         trainable_params=n_trainable,
-        settings={"model": shape.name, "batch_size": batch_size, "seq_len": seq, "precision": precision,
+        settings={"model": shape.name, "devices": devices, "sharding_stage": sharding_stage, "batch_size": batch_size, "seq_len": seq, "precision": precision,
                   "optimizer": optimizer, "lora_rank": lora_rank, "lora_targets": targets,
                   "checkpointed_layers": len(plan.checkpointed), "micro_batch_size": micro,
                   "accumulation_steps": steps, "attention": attention},
