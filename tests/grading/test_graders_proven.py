@@ -20,6 +20,7 @@ import json
 import pytest
 import test_accumulation_graders
 import test_checkpointing_graders
+import test_distributed_graders
 import test_lora_graders
 import test_loss_scaling_graders
 import test_memory_math_graders
@@ -30,7 +31,7 @@ from efftrain_lib.grading import CHAPTERS as REGISTERED
 
 PROOFS: list[ChapterProof] = [m.PROOF for m in (test_memory_math_graders, test_lora_graders,
                                                  test_checkpointing_graders, test_loss_scaling_graders,
-                                                 test_accumulation_graders)]
+                                                 test_accumulation_graders, test_distributed_graders)]
 CHECK_CASES = [pytest.param(c, check_id, id=f"{c}-{check_id}") for c in PROOFS for check_id in c.check_ids]
 MISTAKE_CASES = [pytest.param(c, path, id=f"{c}-{path.stem}") for c in PROOFS for path in c.mistakes]
 per_chapter = pytest.mark.parametrize("chapter", PROOFS, ids=str)
