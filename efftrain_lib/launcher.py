@@ -147,6 +147,9 @@ def _serve(rank: int, world_size: int, port: int, backend: str, conn, threads: i
            preload: tuple[str, ...]) -> None:
     """A rank's life: connect to the parent's store, then run one task after another until told to stop
     or until the parent is gone. Runs in the spawned process."""
+    # Ctrl-C reaches the whole process group (a terminal, a kernel shut down): the parent decides, and
+    # stops the ranks itself; a rank interrupted on its own would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in preload:
         importlib.import_module(name)
     if threads is not None:
