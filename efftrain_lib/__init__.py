@@ -8,19 +8,25 @@ Foundation:
   models          the tiny LLaMA-style transformer   data            texts, tokenizer, batches
   comparing       max_abs_diff, gradient_dict        timing          interleaved timing rounds
   lora_math       LoRA's scaling, parameter count    number_formats  fp32 / fp16 / bf16 bit by bit
+  launcher        N ranks from a notebook            sharding_math   ZeRO's bytes per parameter by stage
 Loop:
   training        the one training step and the loop around it
 Techniques (the hardened versions the notebooks build up to):
   lora            LoRA, rsLoRA and DoRA              adapters        PEFT's on-disk adapter format
   checkpointing   gradient checkpointing             precision       the loss scaler, autocast tables
   accumulation    gradient accumulation              reference_models  a tiny Llama and the PEFT bridge
+  data_parallel   DDP from scratch                   sharding        ZeRO-1/2 from scratch, fully_shard
+  distributed     chapter 5's exercise API, gathered
 Measuring:
   meter           the memory meter (exact CPU accounting, or the CUDA allocator)
   saved_tensors   what autograd keeps for backward   memory          the training-memory estimator
   memory_replay   the estimator's symbolic replay    memory_validation  estimator vs meter, run for real
+  collectives     collectives counted, bytes sent
 Exploring:
   liveplot        the live memory plot               widgets         the sliders' shared shell
   *_explorer      each chapter's slider logic        memory_advisor  "which technique do I need?"
+  distributed_runs, sharding_runs  chapter 5's experiments, run in every rank
+  distributed_train                the torchrun entry point
 Teaching:
   chapters        the chapter registry               grade, grading  the exercise grader
   drill/          interview drill cards, one module per job (bank, answers, progress, session,

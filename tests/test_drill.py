@@ -75,6 +75,14 @@ COMPUTED = {
     "prec-fp16-min-subnormal": FP16_MIN_SUBNORMAL,
     "acc-effective-batch": 4 * 8 * 2,
     "acc-token-normalization": (2 + 1 + 1 + 1) / 4,
+    "dist-ring-allreduce-bytes": 2 * (4 - 1) / 4 * 100,
+    "dist-token-trap-example": (2 + 1 + 1 + 1) / 4,
+    "dist-zero1-bytes-per-param": 2 + 2 + 12 / 64,
+    "dist-zero-paper-75b": 16 * 7.5e9 / 64 / 1e9,
+    "dist-zero2-fp32-bytes": 4 + (4 + 8) / 4,
+    "dist-zero3-communication": 3 / 2,
+    "dist-70b-gpus-zero3": 15,  # the course's estimator (memory_advisor.devices_needed); tests/test_distributed.py
+    "dist-lora-ddp-bytes": LLAMA_LAYERS * 2 * (D + K) * R * 4 / 1e6,
 }
 
 SEED_LORA_IDS = [
