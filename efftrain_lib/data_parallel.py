@@ -24,6 +24,11 @@ no-op. Under `no_sync()` backward communicates nothing and gradients accumulate 
 backward outside it all-reduces the accumulated sum (accumulation needs no_sync for speed, not for
 correctness). A parameter that got no gradient keeps .grad None and never holds up its bucket.
 
+World size 1 is a pass-through (a mean over one rank changes nothing), so the same code runs unchanged
+on one process. Bad input: outside a process group, a RuntimeError naming what is missing; ranks whose
+parameters differ in shape, a ValueError naming the first one (checked before any collective on them:
+gloo broadcasts mismatched sizes silently and aborts the process on an all-reduce of them).
+
 Known limit, shown in the notebook: reentrant gradient checkpointing (use_reentrant=True) runs a nested
 backward per checkpointed segment, and the end-of-backward wait then fires at the end of the *inner*
 one; use use_reentrant=False with data parallelism (torch's DDP has the same pitfall).

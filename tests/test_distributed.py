@@ -40,7 +40,7 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def group():
-    return launcher.shared_group(2)
+    return launcher.shared_group(2, "gloo")  # CPU tensors: gloo even where GPUs exist
 
 
 def _alive(pid: int) -> bool:
@@ -92,7 +92,7 @@ def test_nccl_without_gpus_says_so():
 
 
 def test_a_hang_is_stopped_and_the_group_starts_again():
-    group = launcher.WorkerGroup(1, run_timeout_s=30)
+    group = launcher.WorkerGroup(1, backend="gloo", run_timeout_s=30)
     try:
         group.start()
         pids = [p.pid for p in group._processes]
@@ -108,7 +108,7 @@ def test_a_hang_is_stopped_and_the_group_starts_again():
 
 
 def test_ctrl_c_while_waiting_stops_every_rank(monkeypatch):
-    group = launcher.WorkerGroup(1)
+    group = launcher.WorkerGroup(1, backend="gloo")
     try:
         group.start()
         pids = [p.pid for p in group._processes]

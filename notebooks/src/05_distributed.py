@@ -32,7 +32,7 @@ from efftrain_lib.launcher import WorkerGroup, shared_group
 seed_everything(0)
 use_one_cpu_thread()
 print(describe("cpu"))
-group = shared_group(2)  # two ranks in a gloo process group on 127.0.0.1, kept for the whole notebook
+group = shared_group(2, "gloo")  # two CPU ranks in a gloo process group on 127.0.0.1, kept for the notebook
 print(group)
 
 # %% [markdown]
@@ -363,7 +363,7 @@ predicted = {(stage, 1): estimate_training_memory(config, batch_size=1, seq_len=
 for stage in sharding_runs.STAGES:
     for r in group.run(sharding_runs.memory_per_rank, stage=stage)[:1]:
         measured[(stage, 2)], predicted[(stage, 2)] = r["measured"], r["predicted"]["peak"]
-with WorkerGroup(4) as four:
+with WorkerGroup(4, backend="gloo") as four:
     for stage in sharding_runs.STAGES:
         r = four.run(sharding_runs.memory_per_rank, stage=stage)[0]
         measured[(stage, 4)], predicted[(stage, 4)] = r["measured"], r["predicted"]["peak"]
