@@ -1,11 +1,12 @@
 """Graders for Chapter 5 (data parallelism and ZeRO-1): exercises 5.1-5.5 in <impl>/distributed.py.
 
 The exercise API runs inside a process group, so the checks do too: `prepare()` starts two ranks (a
-gloo group on 127.0.0.1, efftrain_lib.launcher.WorkerGroup) once, and every check runs its part in
-both ranks, which load the graded file by path, and brings the results back. A rank that raises sends
-its exception here (a stub's NotImplementedError is reported as a stub); a rank that hangs or dies is
-stopped after RANK_TIMEOUT_S, reported as a failure, and the ranks are restarted for the next check.
-The group belongs to the process that runs the checks (a forked grading child starts its own).
+gloo group on 127.0.0.1: this process's efftrain_lib.launcher.shared_group, which a notebook's own runs
+share) once, and every check runs its part in both ranks, which load the graded file by path, and brings
+the results back. A rank that raises sends its exception here (a stub's NotImplementedError is reported
+as a stub); a rank that hangs or dies is stopped after RANK_TIMEOUT_S, reported as a failure, and the
+ranks are restarted in the background for the next check. The ranks belong to the process that started
+them: a grading child forked from it starts its own on its first check.
 
 What each rank runs, and how it watches the learner's collectives (an asynchronous all-reduce lands
 only at wait(), so a missing wait() is caught every time), is in efftrain_lib/grading/distributed_ranks.py.

@@ -231,7 +231,19 @@ for name, r in acc.items():
 # cross-rank version. If each rank divides by **its own** token count and the ranks then average, a rank
 # with 12 tokens weighs as much as a rank with 42: the mean of per-rank means, wrong whenever ranks hold
 # different counts (padding, packed documents). Fix: all-reduce the count, divide the summed loss by it
-# and multiply by N (the gradients are averaged afterwards). Ranks with different counts, both ways:
+# and multiply by N (the gradients are averaged afterwards).
+#
+# ### Exercise 5.4: global_token_mean_loss
+#
+# `global_token_mean_loss(logits, labels)`: this rank's summed cross-entropy × world size / the labelled
+# tokens of every rank (labels already aligned; ValueError when no rank has a labelled token).
+
+# %%
+check("distributed", exercise="5.4")
+
+# %% [markdown]
+# The library's training step takes the same fix as `normaliser=global_token_normaliser` (it divides each
+# window's summed loss by every rank's labelled tokens / N). Ranks with different counts, both ways:
 
 # %%
 trap = group.run(distributed_runs.token_count_trap)
@@ -243,15 +255,6 @@ print(f"each rank / all ranks' count: max |diff| vs one process {trap[0]['fixed'
 # NBVAL_CHECK_OUTPUT
 print("per-rank normalisation is wrong (> 1e-2):", trap[0]["wrong"] > 1e-2)
 print("global normalisation equals one process (< 1e-4):", trap[0]["fixed"] < 1e-4)
-
-# %% [markdown]
-# ### Exercise 5.4: global_token_mean_loss
-#
-# `global_token_mean_loss(logits, labels)`: this rank's summed cross-entropy × world size / the labelled
-# tokens of every rank (labels already aligned; ValueError when no rank has a labelled token).
-
-# %%
-check("distributed", exercise="5.4")
 
 # %% [markdown]
 # ## 6. Sharding: ZeRO-1 and ZeRO-2 from scratch, ZeRO-3 with fully_shard
