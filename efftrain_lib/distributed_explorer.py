@@ -24,7 +24,7 @@ from efftrain_lib.liveplot import CATEGORY_COLORS, resolve_mode
 from efftrain_lib.memory import estimate_training_memory
 from efftrain_lib.meter import MIB
 from efftrain_lib.sharding_math import STAGE_NAMES, STAGES
-from efftrain_lib.widgets import WIDE, interactive_figure, render_png
+from efftrain_lib.widgets import interactive_figure, render_png, wide
 
 __all__ = ["RunWatch", "draw_per_rank", "draw_run", "per_rank_memory", "predicted_per_rank", "torchrun_command",
            "watch_torchrun"]
@@ -61,6 +61,7 @@ def draw_per_rank(ax, config, stage: int, devices: int, measured: dict | None = 
                     fontsize=8)
     ax.set_xticks(range(len(bars)), list(bars))
     ax.set_xlim(-0.6, 1.6)
+    ax.set_ylim(0, 1.15 * max(sum(parts.get(c, 0) for c in SHOWN) for parts in bars.values()) / MIB)
     ax.set_ylabel("MiB per rank")
     note = "" if found is not None else " (no measured run: prediction only)"
     ax.set_title(f"{STAGE_NAMES[stage]}, {devices} rank{'s' if devices > 1 else ''}{note}", fontsize=9)
@@ -74,10 +75,11 @@ def per_rank_memory(config, measured: dict | None = None, **estimate):
     def draw(ax, world_size, stage):
         draw_per_rank(ax, config, stage, world_size, measured, **estimate)
 
+    wide_ = wide(20, label="7em")  # "world size" and "ZeRO stage" are clipped at the default 5em
     return interactive_figure(
         draw, "Per-rank memory by ZeRO stage",
-        world_size=widgets.SelectionSlider(options=list(WORLD_SIZES), value=2, description="world size", **WIDE),
-        stage=widgets.SelectionSlider(options=list(STAGES), value=0, description="ZeRO stage", **WIDE),
+        world_size=widgets.SelectionSlider(options=list(WORLD_SIZES), value=2, description="world size", **wide_),
+        stage=widgets.SelectionSlider(options=list(STAGES), value=0, description="ZeRO stage", **wide_),
     )
 
 

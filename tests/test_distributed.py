@@ -384,3 +384,15 @@ def test_per_rank_memory_picture_and_run_records():
     assert parse_line(__import__("json").dumps(record)) == record
     assert parse_line("2 ranks, backend gloo") is None and parse_line("{not json") is None
     assert render_png(draw_run, ncols=2, records=[record])[:4] == b"\x89PNG"
+
+
+def test_per_rank_memory_sliders_show_their_names():
+    # In the browser "world size" showed as "world si..." at ipywidgets' 5em description width.
+    from efftrain_lib.distributed_explorer import per_rank_memory
+
+    box = per_rank_memory(sharding_runs.MEMORY_CONFIG)
+    named = [c for c in box.children[0].children if getattr(c, "description", "")]
+    assert {c.description for c in named} == {"world size", "ZeRO stage"}
+    for control in named:
+        width = control.style.description_width
+        assert width.endswith("em") and float(width[:-2]) >= 0.65 * len(control.description), control.description
