@@ -9,6 +9,7 @@ Foundation:
   comparing       max_abs_diff, gradient_dict        timing          interleaved timing rounds
   lora_math       LoRA's scaling, parameter count    number_formats  fp32 / fp16 / bf16 bit by bit
   quant_math      bytes and bits of block-wise formats (4.5, 4.127 bits per parameter)
+  launcher        N ranks from a notebook            sharding_math   ZeRO's bytes per parameter by stage
 Loop:
   training        the one training step and the loop around it
 Techniques (the hardened versions the notebooks build up to):
@@ -18,13 +19,18 @@ Techniques (the hardened versions the notebooks build up to):
   quantization    block-wise absmax, NF4, double     qlora           the 4-bit base under LoRA, merging
                   quantization, packed storage
   optim8bit       AdamW with 8-bit state             nf4_reference   torchao's NF4 (the reference)
+  data_parallel   DDP from scratch                   sharding        ZeRO-1/2 from scratch, fully_shard
+  distributed     chapter 5's exercise API, gathered
 Measuring:
   meter           the memory meter (exact CPU accounting, or the CUDA allocator)
   saved_tensors   what autograd keeps for backward   memory          the training-memory estimator
   memory_replay   the estimator's symbolic replay    memory_validation  estimator vs meter, run for real
+  collectives     collectives counted, bytes sent
 Exploring:
   liveplot        the live memory plot               widgets         the sliders' shared shell
   *_explorer      each chapter's slider logic        memory_advisor  "which technique do I need?"
+  distributed_runs, sharding_runs  chapter 5's experiments, run in every rank
+  distributed_train                the torchrun entry point
 Teaching:
   chapters        the chapter registry               grade, grading  the exercise grader
   grade_runner, grade_child  where the learner's code runs: a child process the grader can kill

@@ -98,6 +98,8 @@ _COURSE = (
             ("precision", "mixed_precision")),
     Chapter("accumulation", 4, "Gradient accumulation", "04_gradient_accumulation.ipynb",
             ("gradient_accumulation",)),
+    Chapter("distributed", 5, "Beyond one machine: DDP, ZeRO, FSDP", "05_distributed.ipynb",
+            ("ddp", "data_parallel", "zero", "fsdp")),
     Chapter("qlora", 6, "QLoRA: a 4-bit base under LoRA", "06_qlora.ipynb", ("nf4",)),
 )
 

@@ -50,6 +50,8 @@ from efftrain_lib.lora_math import check_rank, parameter_count
 from efftrain_lib.memory_replay import CPU_RNG_STATE_BYTES, DTYPE_BYTES, Replay, StepPlan, build_tape
 from efftrain_lib.quant_math import BASE_FORMATS, OPTIMIZER_STATE_FORMATS, optimizer_state_bytes
 from efftrain_lib.meter import MIB, MemoryBreakdown
+from efftrain_lib.optimizer_math import clip_temporaries, optimizer_step_temporaries
+from efftrain_lib.sharding_math import check_sharding, shard_model_states
 
 GB = 10**9
 GIB = 2**30
@@ -360,6 +362,8 @@ def estimate_training_memory(
     clip_grad: bool = False,
     base_format: str = "same",
     optimizer_state_format: str = "same",
+    devices: int = 1,
+    sharding_stage: int = 0,
 ) -> MemoryEstimate:
     """Predict the peak memory of one steady-state training step, by category (bytes).
 
@@ -383,6 +387,10 @@ def estimate_training_memory(
                      embeddings, norms and the output layer keep the precision's dtype, as in QLoRA
     optimizer_state_format  "same" (the precision's), "fp32" (e.g. bf16 adapters with 32-bit Adam, as
                      QLoRA's paged_adamw_32bit), or "8bit" (block-wise, efftrain_lib.optim8bit)
+    devices          data-parallel devices (batch_size is then per device); the figures are one device's
+    sharding_stage   0 every device keeps all model states (DDP); ZeRO 1 shards the optimizer state,
+                     2 also the gradients, 3 also the weights (FSDP): those are divided by `devices`
+                     (efftrain_lib.sharding_math; FSDP's transient all-gathered blocks are not counted)
     """
     shape = shape_of(model)
     batch_size = positive_int("batch_size", batch_size)
@@ -395,6 +403,7 @@ def estimate_training_memory(
     optimizer_impl = check_choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
     base_format = check_choice("base_format", base_format, ("same", *BASE_FORMATS))
     optimizer_state_format = check_choice("optimizer_state_format", optimizer_state_format, OPTIMIZER_STATE_FORMATS)
+    devices, sharding_stage = check_sharding(devices, sharding_stage)
     micro = batch_size if micro_batch_size is None else positive_int("micro_batch_size", micro_batch_size)
     if micro > batch_size or batch_size % micro:
         raise ValueError(f"micro_batch_size ({micro}) must divide batch_size ({batch_size})")
@@ -425,6 +434,8 @@ def estimate_training_memory(
                            for p in trainable)
                        + n_trainable * (4 if master else 0) + (4 * len(trainable) if step_scalars else 0))
     grad_bytes = {id(p): p.numel * elem for p in trainable}
+    weights, grad_bytes, optimizer_state = shard_model_states(weights, grad_bytes, optimizer_state, devices,
+                                                              sharding_stage)
 
     base = {"weights": weights, "optimizer_state": optimizer_state}
     steps = batch_size // micro
@@ -437,6 +448,8 @@ def estimate_training_memory(
     else:
         step_temporaries = optimizer_step_temporaries(optimizer, optimizer_impl, numels,
                                                       4 if optimizer_state_format == "fp32" else state_elem)
+    if sharding_stage >= 1 and devices > 1:  # each rank steps its shard of the parameters only
+        step_temporaries = -(-step_temporaries // devices)
     clipping = clip_temporaries(len(trainable)) if clip_grad else 0
     replays = []
     for grads_alive in ([False, True] if steps > 1 else [False]):
@@ -463,37 +476,14 @@ def estimate_training_memory(
         activations=state["activations"], cast_weights=state["cast_weights"], peak_phase=phase,
         all_at_once=all_at_once, allocator_peak=alloc.alloc_best, allocator_phase=alloc_phase,
         total_params=total_params, trainable_params=n_trainable,
-        settings={"model": shape.name, "batch_size": batch_size, "seq_len": seq, "precision": precision,
+        settings={"model": shape.name, "devices": devices, "sharding_stage": sharding_stage,
+                  "batch_size": batch_size, "seq_len": seq, "precision": precision,
                   "optimizer": optimizer, "lora_rank": lora_rank, "lora_targets": targets,
                   "checkpointed_layers": len(plan.checkpointed), "micro_batch_size": micro,
                   "accumulation_steps": steps, "attention": attention, "optimizer_impl": optimizer_impl,
                   "clip_grad": clip_grad, "base_format": base_format,
                   "optimizer_state_format": optimizer_state_format},
     )
-
-
-def optimizer_step_temporaries(optimizer: str, impl: str, trainable_numels: Sequence[int], state_elem: int) -> int:
-    """Bytes torch.optim allocates inside step() beyond its state, by implementation (measured with
-    torch.profiler on torch 2.13, tests/test_memory.py holds them):
-
-    Adam / AdamW  for-loop  one parameter at a time: sqrt(v) and its division by the bias correction
-                            are alive at once, while the previous parameter's result (`denom`, a local
-                            not yet reassigned) still is: max over i of 2 n_i + n_(i-1), in order
-                  foreach   1 x every trainable parameter at once (torch._foreach_sqrt of all the v)
-                  fused     nothing (one kernel per parameter, in place)
-    SGD, with or without momentum: nothing (in place), whatever the implementation.
-    """
-    if OPTIMIZERS[optimizer][0] < 2 or impl == "fused" or not trainable_numels:
-        return 0
-    if impl == "for-loop":
-        previous = [0, *trainable_numels[:-1]]
-        return max(2 * n + before for n, before in zip(trainable_numels, previous)) * state_elem
-    return sum(trainable_numels) * state_elem
-
-
-def clip_temporaries(n_tensors: int) -> int:
-    """clip_grad_norm_: one fp32 norm per gradient tensor, their stacked copy, and the total (bytes)."""
-    return 8 * n_tensors + 4
 
 
 # ----------------------------------------------------------------------------------------------

@@ -186,3 +186,37 @@ def compare_with_seed(options: list[Option]) -> str:
     else:
         lines.append("Here the seed's ladder lands on the same plan.")
     return "\n".join(lines)
+
+
+def devices_needed(model, *, budget_gb: float, sharding_stage: int = 3, batch_size: int = 1, seq_len: int = 2048,
+                   precision: str = "fp16_master", optimizer: str = "adam", checkpointing=True,
+                   max_devices: int = 4096, **options) -> tuple[int | None, object]:
+    """The fewest data-parallel devices on which one device's predicted peak (with the workspace
+    allowance) fits `budget_gb`, with the model states sharded at `sharding_stage` (ZeRO 0..3); batch_size
+    is per device. Returns (devices, that device's estimate), or (None, the estimate at max_devices) when
+    even max_devices do not fit: what stays unsharded (activations; weights and gradients below stage 3)
+    is too big on its own. precision defaults to the ZeRO paper's mixed precision (fp16 weights and
+    gradients, fp32 master copy and Adam moments: 16 bytes per parameter). options: the estimator's."""
+    if not isinstance(budget_gb, (int, float)) or isinstance(budget_gb, bool) or not budget_gb > 0:
+        raise ValueError(f"budget_gb must be a positive number of GB, got {budget_gb!r}")
+    if isinstance(max_devices, bool) or not isinstance(max_devices, int) or max_devices < 1:
+        raise ValueError(f"max_devices must be an integer >= 1, got {max_devices!r}")
+
+    def estimate(devices):
+        est = estimate_training_memory(model, batch_size=batch_size, seq_len=seq_len, precision=precision,
+                                       optimizer=optimizer, checkpointing=checkpointing, devices=devices,
+                                       sharding_stage=sharding_stage, **options)
+        return est, est.peak_bytes + est.workspace <= budget_gb * GB
+
+    best, fits = estimate(max_devices)
+    if not fits:
+        return None, best
+    low, high = 1, max_devices  # the peak never grows with more devices: bisect for the first that fits
+    while low < high:
+        middle = (low + high) // 2
+        est, fits = estimate(middle)
+        if fits:
+            high, best = middle, est
+        else:
+            low = middle + 1
+    return high, (best if best.settings["devices"] == high else estimate(high)[0])

@@ -34,18 +34,19 @@ def custom_shape(hidden_size: int = 4096, n_layers: int = 32, n_heads: int = 32,
 
 def calculate(model="Llama-2-7B", *, precision="bf16_autocast", optimizer="adam", optimizer_impl="foreach", lora_rank=0,
               checkpointing=False, batch_size=1, seq_len=2048, micro_batch_size=None, base_format="same",
-              optimizer_state_format="same", lora_targets=("q_proj", "v_proj"), **custom):
+              optimizer_state_format="same", lora_targets=("q_proj", "v_proj"), devices=1, sharding_stage=0,
+              **custom):
     """The calculator's estimate: model is a preset name, "custom" (then `custom` holds custom_shape's
     arguments) or anything estimate_training_memory accepts. lora_rank 0 means full fine-tuning.
     base_format ("nf4_dq", ...), optimizer_state_format ("8bit", ...) and lora_targets ("all-linear"):
-    the QLoRA chapter's settings."""
+    the QLoRA chapter's settings; devices, sharding_stage: data parallelism and ZeRO (one device's figures)."""
     if model == CUSTOM:
         model = custom_shape(**custom)
     return estimate_training_memory(model, batch_size=batch_size, seq_len=seq_len, precision=precision,
                                     optimizer=optimizer, optimizer_impl=optimizer_impl, lora_rank=lora_rank or None,
                                     checkpointing=checkpointing, micro_batch_size=micro_batch_size,
                                     base_format=base_format, optimizer_state_format=optimizer_state_format,
-                                    lora_targets=lora_targets)
+                                    lora_targets=lora_targets, devices=devices, sharding_stage=sharding_stage)
 
 
 def gpus_that_fit(estimate) -> list[str]:
@@ -95,19 +96,22 @@ def draw_calculator(ax, estimate, gpu_sizes=GPU_SIZES_GB) -> None:
     ax.set_xlim(-0.5, 1.4)
     ax.set_ylabel("GB (10^9 bytes)")
     s = estimate.settings
-    ax.set_title(f"{s['model']}: {s['precision']}, {s['optimizer']}, b={s['batch_size']}, s={s['seq_len']}", fontsize=9)
+    sharded = f", ZeRO-{s['sharding_stage']} on {s['devices']} devices" if s.get("devices", 1) > 1 else ""
+    ax.set_title(f"{s['model']}: {s['precision']}, {s['optimizer']}, b={s['batch_size']}, s={s['seq_len']}{sharded}",
+                 fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def draw_from_controls(ax, model, precision, optimizer, lora_rank, checkpointing, batch_size, seq_len,
-                       hidden_size=4096, n_layers=32, n_heads=32, ffn_dim=11008, optimizer_impl="foreach") -> None:
+                       hidden_size=4096, n_layers=32, n_heads=32, ffn_dim=11008, optimizer_impl="foreach", devices=1,
+                       sharding_stage=0) -> None:
     """What the calculator widget draws for one setting of its controls (an impossible custom shape or
     rank is written into the picture instead of raising)."""
     custom = dict(hidden_size=hidden_size, n_layers=n_layers, n_heads=n_heads, ffn_dim=ffn_dim)
     try:
         est = calculate(model, precision=precision, optimizer=optimizer, optimizer_impl=optimizer_impl,
                         lora_rank=lora_rank, checkpointing=checkpointing, batch_size=batch_size, seq_len=seq_len,
-                        **custom)
+                        devices=devices, sharding_stage=sharding_stage, **custom)
     except ValueError as error:
         ax.text(0.5, 0.5, str(error), ha="center", va="center", wrap=True, fontsize=8)
         ax.set_axis_off()
@@ -117,7 +121,8 @@ def draw_from_controls(ax, model, precision, optimizer, lora_rank, checkpointing
 
 
 def memory_calculator():
-    """Presets 125M..70B or a custom shape; precision, optimizer, LoRA, checkpointing, batch, sequence."""
+    """Presets 125M..70B or a custom shape; precision, optimizer, LoRA, checkpointing, batch, sequence;
+    devices and ZeRO stage (one device's memory)."""
     import ipywidgets as widgets
 
     wide_ = wide(26, label="7em")  # "batch_size" is clipped at the default 5em
@@ -136,6 +141,8 @@ def memory_calculator():
         n_layers=widgets.IntText(value=32, description="custom L", **wide_),
         n_heads=widgets.IntText(value=32, description="custom a", **wide_),
         ffn_dim=widgets.IntText(value=11008, description="custom ffn", **wide_),
+        devices=widgets.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64, 128, 256], value=1, **wide_),
+        sharding_stage=widgets.SelectionSlider(options=[0, 1, 2, 3], value=0, description="ZeRO stage", **wide_),
     )
 
 

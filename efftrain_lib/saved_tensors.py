@@ -23,8 +23,11 @@ def storage_key(tensor: torch.Tensor) -> tuple[int, int]:
 
     A view keeps its whole storage alive, so we count storage bytes, once per storage. Tensors
     without a real storage (meta tensors, sparse tensors, some subclasses) cannot be deduplicated:
-    they count their own bytes under a key unique to the object.
+    they count their own bytes under a key unique to the object. A sharded tensor (a DTensor, as FSDP2's
+    parameters, gradients and optimizer state are) costs this rank its local shard only.
     """
+    if callable(getattr(tensor, "to_local", None)):  # torch.distributed.tensor.DTensor
+        tensor = tensor.to_local()
     try:
         storage = tensor.untyped_storage()
         ptr = storage.data_ptr()

@@ -89,6 +89,7 @@ def training_step(
     max_grad_norm: float | None = None,
     scheduler=None,
     meter=None,
+    normaliser: Callable[[int], float] | None = None,
 ) -> StepResult:
     """One optimizer step over a window of micro-batches [(inputs, labels), ...]; returns its loss.
 
@@ -107,6 +108,13 @@ def training_step(
                     backward ("forward", or "forward 1".."forward k" for k > 1), after clipping ("clip")
                     and after the step ("optimizer step").
     optimizer=None: forward and backward only (to measure them); the gradients are then dropped.
+    normaliser:     what the window's summed loss is divided by, given its labelled-token count (default:
+                    that count). Data parallelism passes every rank's count / world size
+                    (data_parallel.global_token_normaliser), since the ranks' gradients are then averaged.
+
+    A model with a `no_sync()` context (DistributedDataParallel, data_parallel.OverlappedDDP) runs every
+    micro-batch but the window's last under it: the gradients cross ranks once per window, not once per
+    micro-batch (nanoGPT's require_backward_grad_sync).
 
     The window starts from zero gradients and leaves none behind. Errors (ValueError, before any
     optimizer step): an empty window, a window with no labelled position (its token mean is 0/0),
@@ -118,7 +126,7 @@ def training_step(
     if optimizer is None and (scaler is not None or scheduler is not None or max_grad_norm is not None):
         raise ValueError("optimizer=None measures forward and backward only: scaler, scheduler and "
                          "max_grad_norm need an optimizer")
-    micro_loss = _micro_loss(window, loss_fn)
+    micro_loss = _micro_loss(window, loss_fn, normaliser)
     device = model_device(model)
     if scaler is None:  # nanoGPT's trick: a disabled GradScaler removes every branch below
         scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -128,7 +136,7 @@ def training_step(
     numbered = len(window) > 1
     with recording:
         total = torch.zeros((), dtype=torch.float32, device=device)
-        for i, (inputs, targets) in enumerate(window, start=1):
+        for i, (inputs, targets) in _no_sync_but_last(model, window):
             inputs, targets = inputs.to(device), targets.to(device)
             with autocast(device, autocast_dtype):
                 outputs = model(inputs)
@@ -158,9 +166,22 @@ def training_step(
     return StepResult(total.item(), stepped)
 
 
-def _micro_loss(window: list[Batch], loss_fn: LossFn | None) -> LossFn:
+def _no_sync_but_last(model: torch.nn.Module, window: list[Batch]):
+    """(i, micro-batch) from 1; every one but the last inside model.no_sync() when the model has one."""
+    no_sync = getattr(model, "no_sync", None)
+    for i, batch in enumerate(window, start=1):
+        if callable(no_sync) and i < len(window):
+            with no_sync():
+                yield i, batch
+        else:
+            yield i, batch
+
+
+def _micro_loss(window: list[Batch], loss_fn: LossFn | None, normaliser: Callable[[int], float] | None) -> LossFn:
     """The loss of one micro-batch, already divided so that the window's pieces add up to its mean."""
     if loss_fn is not None:
+        if normaliser is not None:
+            raise ValueError("normaliser divides the default token-summed loss; a custom loss_fn normalises itself")
         if len(window) > 1:
             raise ValueError(
                 f"a custom loss_fn returns one batch's mean, which cannot be re-weighted across a window of "
@@ -168,6 +189,8 @@ def _micro_loss(window: list[Batch], loss_fn: LossFn | None) -> LossFn:
         return loss_fn
     # The normaliser is known before any forward: the labels alone say how many positions count.
     n_labelled = sum(count_labelled(labels) for _, labels in window)
+    if normaliser is not None:
+        n_labelled = normaliser(n_labelled)
     if n_labelled == 0:
         raise ValueError(
             f"window of {len(window)} micro-batch(es) has no labelled position (every label is {IGNORE_INDEX}): "

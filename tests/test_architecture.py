@@ -15,13 +15,14 @@ MAX_LINES = 600
 #: Layers, lowest first. A module may import modules of its own layer or of a lower one, never higher.
 LAYERS = {
     "foundation": {"devices", "losses", "models", "data", "comparing", "timing", "lora_math", "number_formats",
-                   "quant_math"},
+                   "quant_math", "optimizer_math", "launcher", "sharding_math"},
     "loop": {"training"},
     "techniques": {"lora", "adapters", "checkpointing", "precision", "accumulation", "reference_models",
-                   "quantization", "qlora", "nf4_reference", "optim8bit"},
-    "measuring": {"saved_tensors", "meter", "memory", "memory_replay", "memory_validation"},
+                   "quantization", "qlora", "nf4_reference", "optim8bit", "data_parallel", "sharding", "distributed"},
+    "measuring": {"saved_tensors", "meter", "memory", "memory_replay", "memory_validation", "collectives"},
     "exploring": {"widgets", "liveplot", "memory_advisor", "lora_explorer", "checkpointing_explorer",
-                  "precision_explorer", "accumulation_explorer", "memory_explorer", "qlora_explorer"},
+                  "precision_explorer", "accumulation_explorer", "memory_explorer", "qlora_explorer",
+                  "distributed_runs", "sharding_runs", "distributed_train", "distributed_explorer"},
     "teaching": {"chapters", "grade", "grade_runner", "grade_child", "grading", "drill"},
 }
 RANK = {name: rank for rank, layer in enumerate(LAYERS.values()) for name in layer}

@@ -64,7 +64,7 @@ def test_aliases_resolve(name, key):
     assert resolve(name).key == key
 
 
-@pytest.mark.parametrize("name", ["quantization", "", "05", "memory math x", None, 1.0, True, ["lora"]])
+@pytest.mark.parametrize("name", ["quantization", "", "09", "memory math x", None, 1.0, True, ["lora"]])
 def test_unknown_name_lists_what_is_allowed(name):
     with pytest.raises(UnknownChapter) as info:
         resolve(name)

@@ -133,7 +133,7 @@ def test_allocator_peak_within_5_percent_above_8_mib_and_2_percent_everywhere(al
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "sgd_momentum"])
 @pytest.mark.parametrize("impl", ["foreach", "for-loop", "fused"])
 def test_optimizer_step_temporaries_are_what_torch_allocates(optimizer, impl):
-    from efftrain_lib.memory import optimizer_step_temporaries
+    from efftrain_lib.optimizer_math import optimizer_step_temporaries
     from efftrain_lib.meter import profiler_peak_bytes
 
     shapes = [(300, 100), (1000, 100), (100,)]  # the largest tensor is not the first

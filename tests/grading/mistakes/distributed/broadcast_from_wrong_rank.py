@@ -1,0 +1,35 @@
+"""Mistake: broadcast_parameters always broadcasts from rank 0, whatever src says.
+
+The reference solution with one change (marked BUG); the rest is the solution's.
+"""
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F  # noqa: F401
+
+from efftrain_lib.grade import load_module
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "distributed.py")
+
+# Every check this mistake fails, and words its message (discrepancy + hint) must contain.
+CAUGHT_BY = {
+    "every rank ends with rank src's parameters and buffers": ['wrong rank', 'src'],
+}
+
+
+@torch.no_grad()
+def broadcast_parameters(module, src=0):
+    rank, world = _solution._require_group("broadcast_parameters")
+    tensors = list(module.parameters()) + list(module.buffers())
+    _solution._check_same_shapes(tensors, world)
+    for t in tensors:
+        dist.broadcast(t, src=0)  # BUG: src ignored
+
+
+_solution.broadcast_parameters = broadcast_parameters  # the solution's OverlappedDDP uses it
+all_reduce_gradients = _solution.all_reduce_gradients
+OverlappedDDP = _solution.OverlappedDDP
+global_token_mean_loss = _solution.global_token_mean_loss
+ShardedOptimizer = _solution.ShardedOptimizer
