@@ -206,7 +206,7 @@ def devices_needed(model, *, budget_gb: float, sharding_stage: int = 3, batch_si
         est = estimate_training_memory(model, batch_size=batch_size, seq_len=seq_len, precision=precision,
                                        optimizer=optimizer, checkpointing=checkpointing, devices=devices,
                                        sharding_stage=sharding_stage, **options)
-        return est, est.peak_bytes + est.workspace <= budget_gb * GB
+        return est, est.allocator_peak <= budget_gb * GB
 
     best, fits = estimate(max_devices)
     if not fits:

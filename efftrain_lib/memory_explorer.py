@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from efftrain_lib.liveplot import CATEGORY_COLORS
 from efftrain_lib.memory import (
+    ATTENTION_IMPLS,
     GB,
     OPTIMIZER_IMPLS,
     OPTIMIZERS,
@@ -35,18 +36,20 @@ def custom_shape(hidden_size: int = 4096, n_layers: int = 32, n_heads: int = 32,
 def calculate(model="Llama-2-7B", *, precision="bf16_autocast", optimizer="adam", optimizer_impl="foreach", lora_rank=0,
               checkpointing=False, batch_size=1, seq_len=2048, micro_batch_size=None, base_format="same",
               optimizer_state_format="same", lora_targets=("q_proj", "v_proj"), devices=1, sharding_stage=0,
-              **custom):
+              attention="flash", **custom):
     """The calculator's estimate: model is a preset name, "custom" (then `custom` holds custom_shape's
     arguments) or anything estimate_training_memory accepts. lora_rank 0 means full fine-tuning.
     base_format ("nf4_dq", ...), optimizer_state_format ("8bit", ...) and lora_targets ("all-linear"):
-    the QLoRA chapter's settings; devices, sharding_stage: data parallelism and ZeRO (one device's figures)."""
+    the QLoRA chapter's settings; devices, sharding_stage: data parallelism and ZeRO (one device's figures);
+    attention: "flash" (SDPA, no seq x seq matrix kept) or "eager" (the head count then matters)."""
     if model == CUSTOM:
         model = custom_shape(**custom)
     return estimate_training_memory(model, batch_size=batch_size, seq_len=seq_len, precision=precision,
                                     optimizer=optimizer, optimizer_impl=optimizer_impl, lora_rank=lora_rank or None,
                                     checkpointing=checkpointing, micro_batch_size=micro_batch_size,
                                     base_format=base_format, optimizer_state_format=optimizer_state_format,
-                                    lora_targets=lora_targets, devices=devices, sharding_stage=sharding_stage)
+                                    lora_targets=lora_targets, devices=devices, sharding_stage=sharding_stage,
+                                    attention=attention)
 
 
 def gpus_that_fit(estimate) -> list[str]:
@@ -61,7 +64,7 @@ def summary(estimate) -> str:
     adapters = estimate.trainable_params if s["lora_rank"] else 0  # LoRA's parameters come on top of the model's
     size = f"{(estimate.total_params - adapters) / 1e9:.3g}B parameters" + (
         f" + {adapters:,} in LoRA adapters (trainable)" if adapters else f", {estimate.trainable_params:,} trainable")
-    return (f"{s['model']}: {size}. "
+    return (f"{s['model']}: {size}, {s['attention']} attention. "
             f"Predicted peak {estimate.allocator_peak / GB:.1f} GB ({estimate.allocator_phase}, optimizer step "
             f"{s['optimizer_impl']}), of which {estimate.workspace / GB:.1f} GB temporaries; the tensors held "
             f"peak at {estimate.peak_bytes / GB:.1f} GB ({estimate.peak_phase}); everything at once would be "
@@ -104,14 +107,14 @@ def draw_calculator(ax, estimate, gpu_sizes=GPU_SIZES_GB) -> None:
 
 def draw_from_controls(ax, model, precision, optimizer, lora_rank, checkpointing, batch_size, seq_len,
                        hidden_size=4096, n_layers=32, n_heads=32, ffn_dim=11008, optimizer_impl="foreach", devices=1,
-                       sharding_stage=0) -> None:
+                       sharding_stage=0, attention="flash") -> None:
     """What the calculator widget draws for one setting of its controls (an impossible custom shape or
     rank is written into the picture instead of raising)."""
     custom = dict(hidden_size=hidden_size, n_layers=n_layers, n_heads=n_heads, ffn_dim=ffn_dim)
     try:
         est = calculate(model, precision=precision, optimizer=optimizer, optimizer_impl=optimizer_impl,
                         lora_rank=lora_rank, checkpointing=checkpointing, batch_size=batch_size, seq_len=seq_len,
-                        devices=devices, sharding_stage=sharding_stage, **custom)
+                        devices=devices, sharding_stage=sharding_stage, attention=attention, **custom)
     except ValueError as error:
         ax.text(0.5, 0.5, str(error), ha="center", va="center", wrap=True, fontsize=8)
         ax.set_axis_off()
@@ -135,6 +138,8 @@ def memory_calculator():
                                         **wide_),
         lora_rank=widgets.SelectionSlider(options=[0, 1, 2, 4, 8, 16, 32, 64, 128], value=0, **wide_),
         checkpointing=widgets.Checkbox(value=False, style=wide_["style"]),  # its box lines up with the rest
+        # eager attention keeps each head's seq x seq probabilities: the one place the head count matters
+        attention=widgets.Dropdown(options=list(ATTENTION_IMPLS), value="flash", **wide_),
         batch_size=widgets.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64], value=1, **wide_),
         seq_len=widgets.SelectionSlider(options=[256, 512, 1024, 2048, 4096, 8192], value=2048, **wide_),
         hidden_size=widgets.IntText(value=4096, description="custom h", **wide_),

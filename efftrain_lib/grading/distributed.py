@@ -1,8 +1,8 @@
 """Graders for Chapter 5 (data parallelism and ZeRO-1): exercises 5.1-5.5 in <impl>/distributed.py.
 
-The exercise API runs inside a process group, so the checks do too: `prepare()` starts two ranks (a
-gloo group on 127.0.0.1: this process's efftrain_lib.launcher.shared_group, which a notebook's own runs
-share) once, and every check runs its part in both ranks, which load the graded file by path, and brings
+The exercise API runs inside a process group, so the checks do too: the first check starts two ranks (a
+gloo group on 127.0.0.1: the checking process's efftrain_lib.launcher.shared_group, which a notebook's own
+runs share), and every check runs its part in both ranks, which load the graded file by path, and brings
 the results back. A rank that raises sends its exception here (a stub's NotImplementedError is reported
 as a stub); a rank that hangs or dies is stopped after RANK_TIMEOUT_S, reported as a failure, and the
 ranks are restarted in the background for the next check. The ranks belong to the process that started
@@ -39,11 +39,9 @@ RANK_TIMEOUT_S = 5.0  # a check's part takes ~0.1 s; past this a rank is taken t
 ATOL, RTOL = 1e-5, 1e-4
 ONE_PROCESS = "one process on the concatenated batch"
 
-def prepare() -> None:
-    """Start the ranks once, outside the checks' timers (torch is imported in each: seconds). They are
-    this process's shared group (efftrain_lib.launcher.shared_group): a notebook that already started
-    one for its own runs grades in it."""
-    shared_group(WORLD, "gloo")
+# No prepare(): it would run in the grading server, whose forked workers cannot use ranks it started (a
+# forked process gets its own shared group). The first check of a grade starts the ranks, in the process
+# that runs the checks, and efftrain_lib.launcher.shared_group keeps them for the grade's later checks.
 
 
 _SAME_CALLS = ("every rank must make the same collective calls in the same order (a collective one rank skips "

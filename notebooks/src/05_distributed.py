@@ -396,21 +396,25 @@ print("ZeRO-3 on 4 ranks keeps about a quarter of one rank's:",
 #
 # **How many GPUs for 70B with ZeRO-3?** The estimator with `devices` and `sharding_stage` answers it:
 # Llama-2-70B, full fine-tuning in the paper's mixed precision (16 bytes per parameter), a sequence of
-# 4,096 tokens per GPU, every layer checkpointed, 80 GB GPUs:
+# 4,096 tokens per GPU, every layer checkpointed, 80 GB GPUs. The optimizer's implementation matters (chapter 0,
+# section 2): torch's default foreach Adam holds sqrt(v) for every parameter of its shard during the step,
+# a fused optimizer (DeepSpeed's, or `fused=True`) none:
 
 # %%
 from efftrain_lib.memory_advisor import devices_needed
 
 for stage in (0, 1, 2, 3):
-    n, est = devices_needed("Llama-2-70B", budget_gb=80, sharding_stage=stage, batch_size=1, seq_len=4096)
-    need = (est.peak_bytes + est.workspace) / 1e9
-    print(f"ZeRO-{stage}: " + (f"{n} GPUs ({need:.1f} GB each)" if n else
-                               f"never fits ({need:.1f} GB per GPU even on {est.settings['devices']:,} GPUs)"))
+    for impl in ("foreach", "fused"):
+        n, est = devices_needed("Llama-2-70B", budget_gb=80, sharding_stage=stage, batch_size=1, seq_len=4096,
+                                optimizer_impl=impl)
+        need = est.allocator_peak / 1e9
+        print(f"ZeRO-{stage}, {impl:<7} Adam: " + (f"{n} GPUs ({need:.1f} GB each, peak in the {est.allocator_phase})" if n
+              else f"never fits ({need:.1f} GB per GPU even on {est.settings['devices']:,} GPUs)"))
 
 # %% [markdown]
 # Without stage 3 the unsharded part alone (16, then 4, then 2 bytes per parameter: 1.1 TB, 276 GB,
 # 138 GB) exceeds 80 GB however many GPUs share the rest; with it, 16 bytes × 69 B parameters / 80 GB plus
-# activations and the workspace allowance. The memory calculator of chapter 0 has the same two sliders now
+# activations and the temporaries, and with foreach Adam 4 more bytes per parameter of each shard. The memory calculator of chapter 0 has the same two sliders now
 # (`memory_calculator()`: devices, ZeRO stage).
 #
 # ## 8. LoRA, checkpointing and mixed precision with several ranks
