@@ -48,7 +48,7 @@ EXERCISES = {
     "3.3": "step",
     "3.4": "update: dynamic scaling",
     "3.5": "state_dict and load_state_dict",
-    "3.6": "train_step with a scaler",
+    "3.6": "train_step: every option together",
     "3.7": "stochastic rounding to bf16",
 }
 CHECKS = Checks()
