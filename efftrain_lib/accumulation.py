@@ -10,6 +10,9 @@ what the big batch would have divided by: the number of labelled positions (toke
   the window (-100 = ignored), however the tokens are spread over the micro-batches;
 * `GradientAccumulator(model, optimizer, k).train(batches)` - walks batches in windows of k,
   the last (partial) window included, each normalized by its own token count;
+* `streaming_accumulation_step(model, optimizer, stream)` - the same step over a stream read one
+  micro-batch at a time (no lookahead: the token count is known only at the end, so the summed
+  gradients are divided by it after the last backward, as Megatron-LM's per-token loss does);
 * with a GradScaler (`torch.amp.GradScaler` or anything with its interface: scale, unscale_,
   step, update): every micro-batch loss is scaled; unscale_, clipping, step and update happen once
   per window; with a scheduler: one `scheduler.step()` per optimizer step;
@@ -42,6 +45,7 @@ __all__ = [
     "check_logits_labels",
     "count_labelled",
     "split_batch",
+    "streaming_accumulation_step",
     "summed_loss",
     "windows",
 ]
@@ -84,6 +88,25 @@ def accumulation_step(
     """
     return training_step(model, optimizer, micro_batches, scaler=scaler, max_grad_norm=max_grad_norm,
                          scheduler=scheduler, autocast_dtype=autocast_dtype, meter=meter).loss
+
+
+def streaming_accumulation_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: Iterable[Batch],
+    *,
+    scaler=None,
+    max_grad_norm: float | None = None,
+    scheduler=None,
+    autocast_dtype: torch.dtype | None = None,
+    meter=None,
+) -> float:
+    """`accumulation_step` over a stream: each micro-batch is read only after the previous one's backward,
+    so one micro-batch is held at a time, however long the window. Exercise 4.3's API, on the library's
+    one step (`training.training_step(..., lookahead=False)`, which says how). Same options, same
+    result up to rounding, same errors (an empty stream, no labelled position: ValueError, no step)."""
+    return training_step(model, optimizer, micro_batches, scaler=scaler, max_grad_norm=max_grad_norm,
+                         scheduler=scheduler, autocast_dtype=autocast_dtype, meter=meter, lookahead=False).loss
 
 
 def windows(batches: Iterable[Batch], accumulation_steps: int):

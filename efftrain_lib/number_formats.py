@@ -159,3 +159,30 @@ def representable_fractions(values: torch.Tensor, dtype=torch.float16, scale: fl
     subnormal = ((cast != 0) & (cast.abs() < info.min_normal)).sum().item() / n
     return {"underflow": underflow, "subnormal": subnormal, "overflow": overflow,
             "normal": 1.0 - underflow - overflow - subnormal}
+
+
+def stochastic_round_to_bf16(x: torch.Tensor) -> torch.Tensor:
+    """float32 -> bf16, rounded at random without bias: each value becomes one of the two bf16 values that
+    bracket it, the one farther from zero with probability (distance from the nearer-to-zero one) / (their
+    gap), so the expected result is the value itself. Round-to-nearest swallows an update smaller than half
+    a bf16 step for good ("swamping", section 4 of the chapter); stochastic rounding keeps it on average,
+    which is what lets weights live in bf16 without an fp32 master copy (Zamirai et al. 2020; torchao's
+    bf16 AdamW).
+
+    bf16 is the top 16 bits of fp32, so the two candidates are x's encoding with its low 16 bits cut off
+    (toward zero) and that plus one bf16 step (away from zero); a uniform random 16-bit integer below the
+    low bits picks "away" with exactly the right probability. Encodings are ordered like magnitudes, so the
+    rule holds for subnormals, for negative values, and above bf16's largest finite value (the step away is
+    inf), as torchao's `_fp32_to_bf16_sr`. Exact bf16 values, +-0 and +-inf come back unchanged, NaN as NaN.
+    Draws from torch's default generator: torch.manual_seed reproduces a result. Any shape and strides.
+    """
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+        raise TypeError(f"stochastic_round_to_bf16 takes a float32 tensor (the fp32 result of an update), got "
+                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}; cast it with .float() "
+                        "first (a bf16 tensor is already rounded)")
+    bits = x.view(torch.int32)
+    toward_zero = bits & -(1 << 16)  # the upper 16 bits: x truncated to bf16
+    noise = torch.randint(0, 1 << 16, x.shape, device=x.device, dtype=torch.int32)
+    away = noise < (bits & 0xFFFF)  # True with probability (low 16 bits) / 2^16
+    rounded = torch.where(away, toward_zero + (1 << 16), toward_zero).view(torch.float32).to(torch.bfloat16)
+    return torch.where(torch.isnan(x), x.to(torch.bfloat16), rounded)

@@ -1,5 +1,6 @@
 """Mixed precision, hardened: a dynamic loss scaler equal to torch.amp.GradScaler, the step that uses it
 (`train_step`, Exercise 3.6's API on the library's one step), and which dtype autocast gives each op.
+Exercise 3.7's `stochastic_round_to_bf16` lives with the formats (efftrain_lib/number_formats.py).
 
 `LossScaler` follows torch.amp.GradScaler's semantics exactly (torch 2.13, `torch/amp/grad_scaler.py` and
 the `_amp_update_scale_` kernel), so that a run with either gives the same scale trajectory, the same
@@ -39,6 +40,7 @@ import torch.nn as nn
 
 # absolute imports: the graders load this file by path
 from efftrain_lib.losses import language_model_loss
+from efftrain_lib.number_formats import stochastic_round_to_bf16  # noqa: F401  (Exercise 3.7's API, re-exported)
 from efftrain_lib.training import training_step
 
 # Per-optimizer stages between two update() calls (GradScaler's OptState).
@@ -426,17 +428,18 @@ class LossScaler:
 
 def train_step(model: nn.Module, optimizer, scaler, inputs: torch.Tensor, targets: torch.Tensor,
                loss_fn: Callable = language_model_loss, max_grad_norm: float | None = None,
-               autocast_dtype: torch.dtype | None = torch.float16, meter=None) -> tuple[float, bool]:
+               autocast_dtype: torch.dtype | None = torch.float16, scheduler=None, meter=None) -> tuple[float, bool]:
     """One training step; returns (loss, stepped). Exercise 3.6's API, on the library's one step
     (`training.training_step`, which `training.train` loops).
 
     autocast_dtype: torch.float16, torch.bfloat16, or None (fp32, no autocast).
     scaler: a LossScaler, a torch.amp.GradScaler, or None (no scaling: fp32 and bf16). With a scaler:
     scale(loss).backward(); unscale_ (only when clipping, so the clip sees true gradients); clip; step
-    (skipped on inf/NaN); update. meter: a MemoryMeter recording the step.
+    (skipped on inf/NaN); update. scheduler: stepped once, after the optimizer step (also when the scaler
+    skipped it: a schedule counts iterations, as in torch's AMP recipe). meter: a MemoryMeter recording the step.
     """
     return tuple(training_step(model, optimizer, [(inputs, targets)], loss_fn=loss_fn, autocast_dtype=autocast_dtype,
-                               scaler=scaler, max_grad_norm=max_grad_norm, meter=meter))
+                               scaler=scaler, max_grad_norm=max_grad_norm, scheduler=scheduler, meter=meter))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 def training_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
-    micro_batches: Sequence[Batch],
+    micro_batches: Iterable[Batch],
     *,
     loss_fn: LossFn | None = None,
     autocast_dtype: torch.dtype | None = None,
@@ -90,6 +90,7 @@ def training_step(
     scheduler=None,
     meter=None,
     normaliser: Callable[[int], float] | None = None,
+    lookahead: bool = True,
 ) -> StepResult:
     """One optimizer step over a window of micro-batches [(inputs, labels), ...]; returns its loss.
 
@@ -111,6 +112,16 @@ def training_step(
     normaliser:     what the window's summed loss is divided by, given its labelled-token count (default:
                     that count). Data parallelism passes every rank's count / world size
                     (data_parallel.global_token_normaliser), since the ranks' gradients are then averaged.
+    lookahead:      True: the window's labels are read before its first forward, to count its labelled
+                    tokens. False: the micro-batches are read one at a time, each only after the previous
+                    one's backward (a stream: a generator that tokenizes on the fly holds one micro-batch,
+                    not k). The count is then known only after the last backward, so each micro-batch
+                    backpropagates its summed loss and the window's gradients are divided by the count at
+                    the end (Megatron-LM's per-token loss). The same gradient up to rounding; under fp16
+                    the scaled sums are larger by the token count, so a scaler may back off more at first.
+                    Marks are numbered ("forward 1", ...) whatever the window's length. A stream cannot
+                    tell its last micro-batch before reading past it, so no_sync() is not used: the
+                    gradients cross ranks after every micro-batch (the same sum, more traffic).
 
     A model with a `no_sync()` context (DistributedDataParallel, data_parallel.OverlappedDDP) runs every
     micro-batch but the window's last under it: the gradients cross ranks once per window, not once per
@@ -118,25 +129,32 @@ def training_step(
 
     The window starts from zero gradients and leaves none behind. Errors (ValueError, before any
     optimizer step): an empty window, a window with no labelled position (its token mean is 0/0),
-    labels that do not fit the logits, a custom loss_fn over several micro-batches.
+    labels that do not fit the logits, a custom loss_fn over several micro-batches (or with lookahead=False).
     """
-    window = _check_window(micro_batches)
     check_step_options(scaler=scaler, max_grad_norm=max_grad_norm, scheduler=scheduler,
                        autocast_dtype=autocast_dtype)
     if optimizer is None and (scaler is not None or scheduler is not None or max_grad_norm is not None):
         raise ValueError("optimizer=None measures forward and backward only: scaler, scheduler and "
                          "max_grad_norm need an optimizer")
-    micro_loss = _micro_loss(window, loss_fn, normaliser)
+    if lookahead:
+        window = _check_window(micro_batches)
+        micro_loss = _micro_loss(window, loss_fn, normaliser)
+        numbered = len(window) > 1
+        pieces = _no_sync_but_last(model, window)
+    else:
+        window = _stream(micro_batches, loss_fn, on_error=lambda: _zero_grad(model, optimizer))
+        micro_loss, numbered = summed_loss, True
+        pieces = enumerate(window, start=1)
     device = model_device(model)
     if scaler is None:  # nanoGPT's trick: a disabled GradScaler removes every branch below
         scaler = torch.amp.GradScaler(device.type, enabled=False)
     _zero_grad(model, optimizer)
     recording = meter.step(model, optimizer) if meter is not None else contextlib.nullcontext()
     mark = meter.mark if meter is not None else _no_mark
-    numbered = len(window) > 1
+    labelled = 0  # counted as the micro-batches come (lookahead=False)
     with recording:
         total = torch.zeros((), dtype=torch.float32, device=device)
-        for i, (inputs, targets) in _no_sync_but_last(model, window):
+        for i, (inputs, targets) in pieces:
             inputs, targets = inputs.to(device), targets.to(device)
             with autocast(device, autocast_dtype):
                 outputs = model(inputs)
@@ -153,6 +171,12 @@ def training_step(
             total += loss.detach()
             del loss
             mark(f"backward {i}" if numbered else "backward")
+            if not lookahead:
+                labelled += count_labelled(targets)
+        if not lookahead:
+            labelled = normaliser(labelled) if normaliser is not None else labelled  # every rank calls it
+            _divide_gradients(model, optimizer, labelled)  # the sums become the window's token mean
+            total /= labelled
         stepped = True
         if optimizer is not None:
             if max_grad_norm is not None:
@@ -203,6 +227,39 @@ def _micro_loss(window: list[Batch], loss_fn: LossFn | None, normaliser: Callabl
     return token_normalised
 
 
+def _stream(micro_batches, loss_fn: LossFn | None, on_error: Callable[[], None]):
+    """The micro-batches of a window read one at a time (lookahead=False), each checked as it comes (a bad
+    one calls on_error first: no half-accumulated gradient is left behind)."""
+    if loss_fn is not None:
+        raise ValueError("lookahead=False sums the token cross-entropy and divides by the window's labelled "
+                         "tokens at the end: a custom loss_fn (one batch's mean) cannot be re-weighted; use loss_fn=None")
+    if isinstance(micro_batches, (str, bytes)) or not isinstance(micro_batches, Iterable):
+        raise ValueError(f"micro_batches must be an iterable of (inputs, labels) pairs, got {type(micro_batches).__name__}")
+
+    def checked():
+        for i, pair in enumerate(micro_batches):
+            try:
+                yield _check_pair(i, pair)
+            except ValueError:
+                on_error()
+                raise
+
+    return checked()
+
+
+def _divide_gradients(model: torch.nn.Module, optimizer, labelled: int) -> None:
+    """Divide the window's summed gradients by its labelled-token count (lookahead=False); refuse an
+    empty window or one without a labelled position, leaving no gradient behind."""
+    if labelled == 0:
+        _zero_grad(model, optimizer)
+        raise ValueError("the window is empty or has no labelled position (every label is "
+                         f"{IGNORE_INDEX}): its token-mean loss is 0/0; drop the window or check the padding")
+    params = model.parameters() if optimizer is None else (p for g in optimizer.param_groups for p in g["params"])
+    for param in params:
+        if param.grad is not None:
+            param.grad.div_(labelled)
+
+
 def _clip(optimizer, scaler, max_grad_norm: float) -> None:
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -236,10 +293,13 @@ def _check_window(micro_batches) -> list[Batch]:
     window = list(micro_batches)
     if not window:
         raise ValueError("empty window: a step needs at least one (inputs, labels) micro-batch")
-    for i, pair in enumerate(window):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], torch.Tensor)):
-            raise ValueError(f"micro-batch {i} must be a pair (inputs, labels) with labels a tensor, got {pair!r:.80}")
-    return window
+    return [_check_pair(i, pair) for i, pair in enumerate(window)]
+
+
+def _check_pair(i: int, pair) -> Batch:
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], torch.Tensor)):
+        raise ValueError(f"micro-batch {i} must be a pair (inputs, labels) with labels a tensor, got {pair!r:.80}")
+    return pair
 
 
 def check_step_options(*, scaler=None, max_grad_norm=None, scheduler=None, autocast_dtype=None) -> None:

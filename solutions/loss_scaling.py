@@ -1,8 +1,9 @@
-"""Chapter 3 reference solutions: a dynamic loss scaler from scratch, the whiteboard version.
+"""Chapter 3 reference solutions: a dynamic loss scaler from scratch, the step that uses it, and stochastic
+rounding to bf16; the whiteboard version.
 
 Short and commented, the way you would write it in an interview. The hardened version (argument checks
-with reasons, several optimizers, sparse gradients, fp32 scale arithmetic, a training loop) lives in
-efftrain_lib/precision.py. Grade these with
+with reasons, sparse gradients, fp32 scale arithmetic, a training loop) lives in efftrain_lib/precision.py
+(stochastic rounding in efftrain_lib/number_formats.py). Grade these with
     python -m efftrain_lib.grade loss_scaling --impl solutions
 """
 
@@ -31,8 +32,9 @@ class LossScaler:
         self.backoff_factor = float(backoff_factor)
         self.growth_interval = growth_interval
         self._growth_tracker = 0  # consecutive finite steps since the last overflow or growth
-        self._unscaled = set()  # ids of optimizers unscaled since the last update()
-        self._found_inf = None  # None: no inf check yet in this iteration
+        # id(optimizer) -> whether its gradients held inf/NaN, for each optimizer unscaled since update().
+        # Per optimizer, as GradScaler: an overflow in one optimizer's gradients skips that one only.
+        self._found_inf = {}
 
     def get_scale(self) -> float:
         return self._scale
@@ -45,7 +47,7 @@ class LossScaler:
     # Exercise 3.2: unscale_ ------------------------------------------------------------------------
     @torch.no_grad()
     def unscale_(self, optimizer):
-        if id(optimizer) in self._unscaled:  # a second call would divide by the scale twice
+        if id(optimizer) in self._found_inf:  # a second call would divide by the scale twice
             raise RuntimeError("unscale_() has already been called on this optimizer since the last update()")
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if any(grad.dtype == torch.float16 for grad in grads):
@@ -56,23 +58,22 @@ class LossScaler:
         found_inf = not bool(torch.stack(torch._foreach_norm(grads, math.inf)).isfinite().all())
         inv_scale = float(torch.tensor(1.0 / self._scale, dtype=torch.float32))  # 1/scale in fp64, then fp32
         torch._foreach_mul_(grads, inv_scale)
-        self._found_inf = bool(self._found_inf) or found_inf
-        self._unscaled.add(id(optimizer))
+        self._found_inf[id(optimizer)] = found_inf
 
     # Exercise 3.3: step ----------------------------------------------------------------------------
     def step(self, optimizer) -> bool:
-        if id(optimizer) not in self._unscaled:  # the caller did not unscale (no clipping): do it now
+        if id(optimizer) not in self._found_inf:  # the caller did not unscale (no clipping): do it now
             self.unscale_(optimizer)
-        if self._found_inf:  # an inf/NaN gradient would poison the weights and Adam's moments: skip
+        if self._found_inf[id(optimizer)]:  # inf/NaN would poison the weights and Adam's moments: skip
             return False
         optimizer.step()
         return True
 
     # Exercise 3.4: update --------------------------------------------------------------------------
     def update(self):
-        if self._found_inf is None:
+        if not self._found_inf:
             raise RuntimeError("No inf checks were recorded prior to update(): call step() first")
-        if self._found_inf:
+        if any(self._found_inf.values()):  # one backoff per iteration, however many optimizers overflowed
             self._scale *= self.backoff_factor  # too big: back off...
             self._growth_tracker = 0  # ...and start counting clean steps again
         else:
@@ -80,8 +81,7 @@ class LossScaler:
             if self._growth_tracker == self.growth_interval:  # growth_interval consecutive finite steps
                 self._grow()
                 self._growth_tracker = 0
-        self._unscaled.clear()
-        self._found_inf = None
+        self._found_inf.clear()
 
     def _grow(self):
         grown = self._scale * self.growth_factor
@@ -104,18 +104,42 @@ class LossScaler:
         self._growth_tracker = int(state_dict["_growth_tracker"])  # resume mid-interval, not from zero
 
 
-# Exercise 3.6: one training step with a scaler -------------------------------------------------------
+# Exercise 3.6: one training step, with or without a scaler ------------------------------------------
 def train_step(model, optimizer, scaler, inputs, targets, loss_fn, max_grad_norm=None,
-               autocast_dtype=torch.float16):
-    """Forward under autocast, scaled backward, unscale_ -> clip -> step -> update. Returns (loss, stepped)."""
+               autocast_dtype=torch.float16, scheduler=None):
+    """Forward under autocast, scaled backward, unscale_ -> clip -> step -> update, then the schedule.
+    Returns (loss, stepped)."""
     device_type = next(model.parameters()).device.type
-    with torch.autocast(device_type, dtype=autocast_dtype):
+    if scaler is None:  # fp32 and bf16 need no scaling: a disabled GradScaler passes everything through
+        scaler = torch.amp.GradScaler(device_type, enabled=False)
+    with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         loss = loss_fn(model(inputs), targets)
     scaler.scale(loss).backward()
     if max_grad_norm is not None:
         scaler.unscale_(optimizer)  # clip the true gradients: scaled ones would be clipped S times harder
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], max_grad_norm)
+    before = scaler.get_scale()
     stepped = scaler.step(optimizer)  # unscales if we did not, skips on inf/NaN
     scaler.update()
+    if not isinstance(stepped, bool):  # GradScaler returns optimizer.step()'s None either way: a skip
+        stepped = scaler.get_scale() >= before  # always backs the scale off, a step never does
+    if scheduler is not None:
+        scheduler.step()  # every iteration, skipped or not: the schedule counts iterations
     optimizer.zero_grad(set_to_none=True)
     return loss.item(), stepped
+
+
+# Exercise 3.7: stochastic rounding to bf16 -------------------------------------------------------------
+def stochastic_round_to_bf16(x):
+    """x (float32) -> bf16, up or down at random so that the expected result is x."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+        raise TypeError(f"expected a float32 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    # bf16 is fp32's top 16 bits. Cutting the low 16 off rounds toward zero; adding one unit of bit 16
+    # steps one bf16 value away from zero. Step away with probability (low 16 bits) / 2^16: the distance
+    # from the truncated value over the gap, so on average we land exactly on x.
+    bits = x.view(torch.int32)
+    low = bits & 0xFFFF
+    truncated = bits - low
+    draw = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device)  # torch's default generator
+    rounded = torch.where(draw < low, truncated + (1 << 16), truncated).view(torch.float32).bfloat16()
+    return torch.where(x.isnan(), x.bfloat16(), rounded)  # a NaN's payload may sit in the low bits

@@ -19,12 +19,14 @@ from efftrain_lib.accumulation import (
     accumulation_step,
     count_labelled,
     split_batch,
+    streaming_accumulation_step,
     summed_loss,
     windows,
 )
 from efftrain_lib.accumulation_explorer import profile_accumulation
 from efftrain_lib.comparing import gradient_dict, max_abs_diff
 from efftrain_lib.models import TinyConfig, TinyTransformer, language_model_loss
+from efftrain_lib.training import training_step
 
 TOL = 1e-6
 CONFIG = TinyConfig(vocab_size=16, hidden_size=16, n_layers=1, n_heads=2, ffn_dim=32, max_seq_len=12)
@@ -265,6 +267,62 @@ def test_other_bad_arguments():
         accumulation_step(model, opt, [_batch(2)[0]])
     with pytest.raises(ValueError, match="micro_batch_size"):
         split_batch(_batch(2), 0)
+
+
+# ---------------------------------------------------------------------------- a stream --
+def _stream_step(model, micro_batches, **kwargs):
+    model = copy.deepcopy(model)
+    opt = Recorder(model.parameters())
+    loss = streaming_accumulation_step(model, opt, iter(micro_batches), **kwargs)
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[i]: g for i, g in opt.seen[-1].items()}, loss, len(opt.seen)
+
+
+def test_a_stream_gives_the_big_batch_gradient_counting_tokens_as_they_come():
+    model = _model()
+    micro = [_batch(2, seed=1, lengths=(1, 2)), _batch(2, seed=2, lengths=(0, 0)), _batch(3, seed=3, lengths=(10, 7, 9))]
+    grads, loss, steps = _stream_step(model, micro)
+    reference = _full_batch_grads(model, micro)
+    assert steps == 1 and max_abs_diff(grads, reference) <= TOL
+    assert loss == pytest.approx(_step_grads(model, micro)[1], rel=1e-6)
+    # with a scaler and clipping too: the same step as the window read ahead (lookahead=True)
+    scaled = dict(scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8), max_grad_norm=0.05)
+    ahead = _step_grads(model, micro, **scaled)[0]
+    assert max_abs_diff(_stream_step(model, micro, **{**scaled, "scaler": torch.amp.GradScaler("cpu", init_scale=2.0**8)})[0],
+                        ahead) <= TOL
+
+
+def test_a_stream_is_read_one_micro_batch_at_a_time():
+    model = _model()
+    backwards, reads = [], []
+    model.embed_tokens.weight.register_hook(lambda grad: backwards.append(1))
+    micro = [_batch(2, seed=s) for s in range(4)]
+
+    def stream():
+        for pair in micro:
+            reads.append(len(backwards))  # backward passes done when this micro-batch is read
+            yield pair
+
+    streaming_accumulation_step(model, torch.optim.SGD(model.parameters(), lr=0.1), stream())
+    assert reads == [0, 1, 2, 3]
+
+
+def test_an_empty_or_unlabelled_stream_is_an_error_and_leaves_nothing_behind():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = copy.deepcopy(model.state_dict())
+    ids, labels = _batch(2)
+    for stream, message in ((iter([]), "empty or has no labelled position"),
+                            (iter([(ids, torch.full_like(labels, -100))] * 2), "no labelled position")):
+        with pytest.raises(ValueError, match=message):
+            streaming_accumulation_step(model, opt, stream)
+        assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="pair"):
+        streaming_accumulation_step(model, opt, iter([_batch(2), "not a pair"]))
+    assert all(p.grad is None for p in model.parameters()), "a failed stream must not leave gradients behind"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="custom loss_fn"):
+        training_step(model, opt, iter([_batch(2)]), loss_fn=language_model_loss, lookahead=False)
 
 
 # ------------------------------------------------------------------------- memory and time --

@@ -1,9 +1,17 @@
-"""Graders for Chapter 4 (gradient accumulation): exercises 4.1-4.2 in <impl>/accumulation.py.
+"""Graders for Chapter 4 (gradient accumulation): exercises 4.1-4.3 in <impl>/accumulation.py.
 
 Behaviour only, through the exercise API:
-  accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_norm=None, scheduler=None) -> float
+  accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_norm=None, scheduler=None,
+                    autocast_dtype=None) -> float
   GradientAccumulator(model, optimizer, accumulation_steps, *, scaler=None, max_grad_norm=None,
-                      scheduler=None).train(batches) -> list[float]
+                      scheduler=None, autocast_dtype=None).train(batches) -> list[float]
+  streaming_accumulation_step(model, optimizer, micro_batches, *, the same options) -> float
+Exercise 4.3's checks live in efftrain_lib/grading/accumulation_stream.py (registered at the end here).
+
+Options together: 4.1, 4.2 and 4.3 each run every pair of (autocast dtype fp32 / bf16 / fp16 with a
+scaler, GradScaler, clipping, scheduler, and the kind of input: equal / unequal token counts with an
+unlabelled micro-batch / a single micro-batch; a generator or a list) against the library's one training
+step (efftrain_lib/training.py training_step) under the same options; a failure names the combination.
 
 The reference is a full-batch step: the micro-batches of a window concatenated into one batch, one
 forward, the token-mean cross-entropy (-100 ignored), one backward (and, where a check needs it,
@@ -19,7 +27,9 @@ partial window divided by k, clipping per micro-batch, ...) and names the one th
 
 Tolerances (float32; the same sums in another order differ by ~1e-8 here):
   gradients and parameters   |got - ref| <= 1e-6 + 1e-5 * max|ref|   (a mistake differs by >= 1e-2 relative)
-  returned losses            relative 1e-5"""
+  returned losses            relative 1e-5
+Under bf16 or fp16 autocast (the same sums, rounded to 8 or 11 bits in other places): gradients within
+1e-6 + 1e-2 * max|ref|, losses relative 1e-2; a dropped option is off by far more (clipping: 5x)."""
 
 from __future__ import annotations
 
@@ -29,16 +39,23 @@ import torch
 import torch.nn.functional as F
 
 from efftrain_lib.grading import Checks, failed, passed
-from efftrain_lib.grading.accumulation_support import (
-    _accumulator, _call_step, _ce_sum, _clip_per_micro_batch, _close, _count, _diff, _equal_batches,
-    _equal_window, _full_batch, _gradient_check, _model, _name_gradient_mistake, _ratio, _Recorder,
-    _scaler_order_problem, _scaler_run, _scheduler, _SpyScaler, _steps_hint, _unequal_batches, _unequal_window,
-    _weighted, _windows, IGNORE, REFERENCE, SCALE, SEQ, VOCAB,
+from efftrain_lib.grading.accumulation_stream import (
+    stream_bad_input_clear_errors_no_step, stream_gradient_equals_full_batch, stream_options_together,
+    stream_reads_one_micro_batch_at_a_time, stream_returns_window_token_mean_loss,
 )
+from efftrain_lib.grading.accumulation_support import (
+    _accumulator, _call_step, _ce_sum, _clip_per_micro_batch, _close, _combination_window, _count, _diff,
+    _equal_batches, _equal_window, _full_batch, _gradient_check, _library_step, _max_norm, _model,
+    _name_gradient_mistake, _ratio, _Recorder, _run, _run_problem, _scaler_order_problem, _scaler_run, _scheduler,
+    _SpyScaler, _steps_hint, _unequal_batches, _unequal_window, _weighted, _windows, ACCUMULATOR_CASES, IGNORE,
+    REFERENCE, SCALE, SEQ, STEP_CASES, VOCAB, WINDOWS,
+)
+from efftrain_lib.training import train_windows
 
 EXERCISES = {
     "4.1": "accumulation_step: one window, one step, exactly the big batch",
     "4.2": "GradientAccumulator: windows of k, the partial window included",
+    "4.3": "streaming_accumulation_step: a stream read one micro-batch at a time",
 }
 CHECKS = Checks()
 
@@ -271,6 +288,35 @@ def bad_window_clear_errors_no_step(impl):
     return passed("ValueError for an empty window, an unlabelled window and mismatched label shapes; no step")
 
 
+@CHECKS.add("4.1", "options together: autocast dtype x GradScaler x clipping x scheduler x window",
+            hint="each option must keep working when the others are on: autocast_dtype (None, bf16, fp16), scaler, "
+                 "max_grad_norm, scheduler, on equal, unequal and single-micro-batch windows")
+def step_options_together(impl):
+    for case in STEP_CASES:
+        window = _combination_window(case.window, seed=800)
+        max_norm = _max_norm([window])
+
+        def reference(other):
+            return _run(lambda m, o, options, run: [_library_step(m, o, window, **options)], other, max_norm)
+
+        want = reference(case)
+        where = f"{case}, {WINDOWS[case.window]}"
+        try:
+            got = _run(lambda m, o, options, run: [impl.accumulation_step(m, o, window, **options)], case, max_norm)
+        except NotImplementedError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the learner's exception is the finding
+            return failed(f"{where}: raised {type(error).__name__}: {str(error)[:100]}",
+                          "accumulation_step(..., autocast_dtype=None): every combination of the options must run"
+                          if "autocast_dtype" in str(error) else "every combination of the options must run")
+        problem = _run_problem(case, got, want, [window], max_norm, reference)
+        if problem:
+            return failed(f"{where}: {problem[0]}", problem[1])
+    return passed(f"{len(STEP_CASES)} cases, every pair of (fp32 / bf16 / fp16 autocast, GradScaler, clipping, "
+                  "scheduler, equal / unequal with an unlabelled micro-batch / single window): equal to the "
+                  "library's step")
+
+
 # --------------------------------------------------------- Exercise 4.2: GradientAccumulator --
 @CHECKS.add("4.2", "accumulation_steps < 1 is an error",
             hint="raise ValueError in __init__ when accumulation_steps < 1")
@@ -445,3 +491,48 @@ def train_grad_scaler_updates_once_per_window(impl):
                     else _name_gradient_mistake(model, window, got, ref, k=4))
             return failed(f"with a GradScaler, window {i + 1}: max |diff| {_diff(got, ref):.2e} vs {REFERENCE}", hint)
     return passed("10 scale() calls, 3 update() calls, gradients equal the full batch's")
+
+
+@CHECKS.add("4.2", "options together: autocast dtype x GradScaler x clipping x scheduler, every window",
+            hint="pass every option to every window's step, the final partial one too")
+def accumulator_options_together(impl):
+    batches = _unequal_batches(seed=850)
+    windows = _windows(batches, 3)
+    max_norm = _max_norm(windows)
+
+    def library(model, optimizer, options, run):
+        return train_windows(model, optimizer, windows, progress=False, **options).losses
+
+    for case in ACCUMULATOR_CASES:
+        want = _run(library, case, max_norm)
+        where = f"{case}, 7 batches in windows of 3, 3, 1"
+        try:
+            got = _run(lambda m, o, options, run: _accumulator(impl, m, o, 3, **options).train(batches), case, max_norm)
+        except NotImplementedError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the learner's exception is the finding
+            return failed(f"{where}: raised {type(error).__name__}: {str(error)[:100]}",
+                          "GradientAccumulator(..., autocast_dtype=None): every combination of the options must run")
+        problem = _run_problem(case, got, want, windows, max_norm, lambda other: _run(library, other, max_norm))
+        if problem:
+            return failed(f"{where}: {problem[0]}", problem[1])
+    return passed(f"{len(ACCUMULATOR_CASES)} cases, every pair of (fp32 / bf16 / fp16 autocast, GradScaler, "
+                  "clipping, scheduler) over windows of 3, 3, 1: equal to the library's steps")
+
+
+# ------------------------------------------------------------- Exercise 4.3: a stream --
+# The checks are in efftrain_lib/grading/accumulation_stream.py; their names, hints and order are here.
+CHECKS.add("4.3", "reads one micro-batch at a time (the next only after the previous one's backward)",
+           hint="for inputs, labels in micro_batches: forward, backward, count; never list() the stream"
+           )(stream_reads_one_micro_batch_at_a_time)
+CHECKS.add("4.3", "a stream of unequal token counts: the gradient equals the full batch",
+           hint="backward each micro-batch's summed loss, count its labelled tokens, and divide the gradients by "
+                "the count after the last backward (gradients are linear)")(stream_gradient_equals_full_batch)
+CHECKS.add("4.3", "returns the stream's token-mean loss",
+           hint="return the summed losses / the labelled tokens counted, as a float")(stream_returns_window_token_mean_loss)
+CHECKS.add("4.3", "options together: autocast dtype x GradScaler x clipping x scheduler x generator or list",
+           hint="divide the gradients by the count before unscale_ and clipping; then the window's usual end"
+           )(stream_options_together)
+CHECKS.add("4.3", "bad input: an empty or unlabelled stream is an error, no step",
+           hint="after the stream: if the count is 0, zero the gradients and raise ValueError"
+           )(stream_bad_input_clear_errors_no_step)

@@ -1,14 +1,23 @@
-"""Graders for Chapter 3 (mixed precision): exercises 3.1-3.6 in <impl>/loss_scaling.py.
+"""Graders for Chapter 3 (mixed precision): exercises 3.1-3.7 in <impl>/loss_scaling.py.
 
 Behaviour only, through the exercise API (LossScaler(init_scale, growth_factor, backoff_factor,
-growth_interval) with scale / get_scale / unscale_ / step / update / state_dict / load_state_dict, and
-train_step), so any correct implementation passes. The reference is torch.amp.GradScaler("cpu") (torch
-2.13), driven through the same scripted runs.
+growth_interval) with scale / get_scale / unscale_ / step / update / state_dict / load_state_dict,
+train_step, stochastic_round_to_bf16), so any correct implementation passes. The reference is
+torch.amp.GradScaler("cpu") (torch 2.13), driven through the same scripted runs; for train_step, also the
+library's one training step (efftrain_lib/training.py training_step) under the same options. Exercise 3.7's
+checks live in efftrain_lib/grading/loss_scaling_rounding.py (registered at the end of this module).
+
+Options together: the scaler runs with two optimizers, param groups and parameters without a gradient in
+every pairwise combination (against GradScaler); every pair of (growth_factor, backoff_factor,
+growth_interval); train_step under every pair of (autocast dtype fp32 / bf16 / fp16-with-a-scaler, no
+scaler / GradScaler / LossScaler, clipping, scheduler, an overflowing batch). A failure names the
+combination.
 
 Tolerances: none where the arithmetic is the same. Scales are powers of two here (init 2**10, factors 2
-and 0.5), so every scale, every unscaled gradient and every parameter after the run must be *equal*
-(torch.equal) to GradScaler's; losses are compared as Python floats (equal). The one approximate figure:
-a clipped gradient norm is compared within 1e-5 relative.
+to 8 and 1/2 to 1/8), so every scale, every unscaled gradient and every parameter after the run must be
+*equal* (torch.equal) to GradScaler's; losses are compared as Python floats (equal). The approximate
+figures: a clipped gradient norm within 1e-5 relative; train_step against the library's step: losses
+within 1e-6 relative, parameters within 1e-6 + 1e-5 x max |parameter|.
 
 When a scale trajectory differs from GradScaler's, the check re-simulates the classic wrong update rules
 (`_RULES`) on the same script and names the one the learner's trajectory matches."""
@@ -22,10 +31,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from efftrain_lib.grading import Checks, failed, passed
+from efftrain_lib.grading.loss_scaling_rounding import (
+    bf16_weights_keep_small_updates, non_float32_input_is_a_type_error, reproducible_under_manual_seed,
+    rounding_is_unbiased, rounds_to_a_bracketing_bf16_value,
+)
 from efftrain_lib.grading.loss_scaling_support import (  # noqa: F401  (tests reach _RULES, _simulate, _diagnose)
-    _backward, _BAD_ARGUMENTS, _data, _diagnose, _diagnose_run, _drive, _fmt, _fp32, _full_run, _library_scaler,
-    _loaded_without_tracker, _mlp, _mse, _param_and_opt, _ref, _reference_step, _RULES, _scaler, _simulate,
-    _trajectory_check, INF, INIT, INJECT, NAN,
+    _backward, _BAD_ARGUMENTS, _data, _diagnose, _diagnose_run, _drive, _factor_diagnosis, _factor_rule, _fmt, _fp32,
+    _full_run, _library_scaler, _library_train_step, _loaded_without_tracker, _mlp, _mse, _optimizer_case_problem,
+    _param_and_opt, _ref, _reference_step, _RULES, _scaler, _simulate, _step_problem, _step_run, _trajectory_check,
+    _two_optimizer_run, FACTOR_CASES, FACTOR_PATTERN, INF, INIT, INJECT, NAN, OPTIMIZER_CASES, STEP_CASES,
 )
 
 EXERCISES = {
@@ -34,7 +48,8 @@ EXERCISES = {
     "3.3": "step",
     "3.4": "update: dynamic scaling",
     "3.5": "state_dict and load_state_dict",
-    "3.6": "train_step with a scaler",
+    "3.6": "train_step: every option together",
+    "3.7": "stochastic rounding to bf16",
 }
 CHECKS = Checks()
 
@@ -240,6 +255,28 @@ def step_returns_whether_it_stepped(impl):
                   "step() must return True if the optimizer stepped, False if it skipped (a bool, not None)")
 
 
+@CHECKS.add("3.3", "two optimizers, param groups and parameters without .grad, together (equal to GradScaler)",
+            hint="record 'unscaled' and found-inf per optimizer; skip parameters whose .grad is None; walk every "
+                 "param group")
+def two_optimizers_with_every_kind_of_parameter(impl):
+    for case in OPTIMIZER_CASES:
+        want = _two_optimizer_run(_ref(init_scale=INIT), case)
+        try:
+            got = _two_optimizer_run(_scaler(impl), case)
+        except NotImplementedError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the learner's exception is the finding
+            return failed(f"{case}: {type(error).__name__}: {str(error)[:100]}",
+                          "unscale_(B) after unscale_(A) is no second call: record 'unscaled' per optimizer"
+                          if isinstance(error, RuntimeError) else
+                          "skip parameters whose .grad is None (a frozen or unused parameter), in every param group")
+        problem = _optimizer_case_problem(case, got, want)
+        if problem:
+            return failed(f"{case}: {problem[0]}", problem[1])
+    return passed(f"{len(OPTIMIZER_CASES)} runs, every pair of (unscale_ first or not, an overflow in A / B / both / "
+                  "neither, a parameter without .grad, 1 or 2 param groups): equal to GradScaler's")
+
+
 # ----------------------------------------------------------------------- Exercise 3.4: update --
 @CHECKS.add("3.4", "an overflow backs off the scale",
             hint="in update(): if inf/NaN was found, scale *= backoff_factor")
@@ -276,6 +313,25 @@ def scale_never_grows_to_inf(impl):
                   "scale growing to inf: 2**128 overflows fp32 (where GradScaler keeps its scale); grow only if "
                   "the grown scale is finite in fp32, else keep it (and still reset the counter). Once the "
                   "scale is inf, every step overflows")
+
+
+@CHECKS.add("3.4", "growth_factor, backoff_factor and growth_interval together (equal to GradScaler)",
+            hint="grow by growth_factor, back off by backoff_factor, after growth_interval steps: the arguments, "
+                 "not 2 and 0.5")
+def every_factor_and_interval_together(impl):
+    for growth, backoff, interval in FACTOR_CASES:
+        settings = dict(growth_factor=growth, backoff_factor=backoff, growth_interval=interval)
+        got, _ = _drive(_scaler(impl, **settings), FACTOR_PATTERN)
+        want, _ = _drive(_ref(init_scale=INIT, **settings), FACTOR_PATTERN)
+        assert want == _factor_rule(FACTOR_PATTERN, growth, backoff, interval)  # the grader's model of GradScaler
+        if got != want:
+            rule = _factor_diagnosis(got, growth, backoff, interval)
+            return failed(f"growth_factor {growth:g}, backoff_factor {backoff:g}, growth_interval {interval}, steps "
+                          f"{FACTOR_PATTERN}: scales {_fmt(got)}; GradScaler gives {_fmt(want)}",
+                          (f"your update looks like: {rule}. " if rule else "") + "multiply by the growth_factor and "
+                          "the backoff_factor you were given, whatever the other settings")
+    return passed(f"{len(FACTOR_CASES)} runs, every pair of growth_factor (2, 4, 8), backoff_factor (1/2, 1/4, 1/8) "
+                  "and growth_interval (1, 2, 3): scales equal GradScaler's")
 
 
 @CHECKS.add("3.4", "a run with injected overflows equals torch.amp.GradScaler",
@@ -421,3 +477,47 @@ def train_step_run_equals_grad_scaler_recipe(impl):
     return failed(detail, "follow the recipe exactly: forward under torch.autocast(dtype=autocast_dtype), "
                           "scaler.scale(loss).backward(), unscale_ + clip when max_grad_norm is given, "
                           "scaler.step, scaler.update, optimizer.zero_grad")
+
+
+@CHECKS.add("3.6", "options together: autocast dtype x scaler x clipping x scheduler (equal to the library's step)",
+            hint="each option must keep working when the others are on: autocast_dtype (None, bf16, fp16), scaler "
+                 "(None, GradScaler, LossScaler), max_grad_norm, scheduler")
+def train_step_options_together(impl):
+    for case in STEP_CASES:
+        want = _step_run(_library_train_step, case)
+        try:
+            got = _step_run(impl.train_step, case)
+        except NotImplementedError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the learner's exception is the finding
+            hint = ("scaler=None must work (fp32 and bf16 need no scaling): a disabled "
+                    "torch.amp.GradScaler(enabled=False) passes everything through" if case.scaler is None else
+                    "train_step(..., scheduler=None): step the scheduler once per call" if "scheduler" in str(error)
+                    else "the scaler refused a call: every call of train_step must run scale(loss).backward(), "
+                         "unscale_ (only to clip), step(), then scaler.update()" if isinstance(error, RuntimeError)
+                    else "every combination of the options must run")
+            return failed(f"{case}: train_step raised {type(error).__name__}: {str(error)[:100]}", hint)
+        problem = _step_problem(case, got, want)
+        if problem:
+            return failed(f"{case}: {problem[0]}", problem[1])
+    return passed(f"{len(STEP_CASES)} runs of 3 steps, every pair of (fp32 / bf16 / fp16 autocast, no scaler / "
+                  "GradScaler / LossScaler, clipping, scheduler, an overflowing batch) and a skipped fp16 step with a "
+                  "scheduler: equal to the library's step")
+
+
+# ------------------------------------------------------------- Exercise 3.7: stochastic rounding --
+# The checks are in efftrain_lib/grading/loss_scaling_rounding.py; their names, hints and order are here.
+CHECKS.add("3.7", "every value becomes one of the two bf16 values around it (every kind of input)",
+           hint="bf16 is fp32's top 16 bits: truncate toward zero, or step one bf16 value away from zero; keep "
+                "NaN, +-inf and exact values; any shape and strides")(rounds_to_a_bracketing_bf16_value)
+CHECKS.add("3.7", "unbiased: away from zero with probability (distance) / (gap)",
+           hint="round away from zero with probability (|x| - |x truncated|) / (the bf16 step), one draw per "
+                "element")(rounding_is_unbiased)
+CHECKS.add("3.7", "torch.manual_seed reproduces a result",
+           hint="draw from torch's default generator (torch.randint(0, 1 << 16, x.shape) or torch.rand_like(x))"
+           )(reproducible_under_manual_seed)
+CHECKS.add("3.7", "TypeError for anything but a float32 tensor",
+           hint="if x.dtype != torch.float32: raise TypeError(...)")(non_float32_input_is_a_type_error)
+CHECKS.add("3.7", "bf16 weights keep updates under half a bf16 step (on average)",
+           hint="the expected result must be x itself: then many small updates add up exactly on average"
+           )(bf16_weights_keep_small_updates)

@@ -9,10 +9,17 @@
 # - **prove the equivalence**: k micro-batches with each loss divided by k give the big batch's gradient;
 # - **break it three ways**: the last partial window (the seed's `train_epoch`), variable-length
 #   sequences (the 2024 loss-normalization bug), and BatchNorm;
-# - **fix it** with one rule: sum the loss, divide by the token count of the whole window;
-# - **add mixed precision, clipping and a schedule**: what happens per micro-batch, what once per window;
+# - **fix it** with one rule: sum the loss, divide by the token count of the whole window, and **write the fix
+#   yourself** with mixed precision, clipping and a schedule (what happens per micro-batch, what once per window);
+# - **count as you go**: the same step over a stream you may read only one micro-batch at a time;
 # - **measure** micro-batch size against memory and time, with a slider and a live memory plot;
-# - **check the folklore** (myths vs measurement), then **grade your exercises** and **drill**.
+# - **check the folklore** (myths vs measurement), then **drill**.
+#
+# The exercises live in `exercises/accumulation.py` (open it in JupyterLab's editor beside this notebook). Each
+# comes where the chapter needs it, followed by a `check(...)` cell that grades your file afresh: every
+# optimizer step compared with a full-batch step and with the library's step (gradient, learning rate,
+# GradScaler calls, the dtype of every forward), the likely mistake named. Until you start, every check reports
+# "not implemented yet", and the chapter goes on with the library's version.
 #
 # Every number below comes from a run in this notebook. It executes in well under a minute on 2 CPU cores.
 
@@ -29,6 +36,7 @@ from tqdm.auto import tqdm
 
 from efftrain_lib import data
 from efftrain_lib.devices import describe, get_device, seed_everything, use_one_cpu_thread
+from efftrain_lib.grade import check
 from efftrain_lib.models import language_model_loss, load_pretrained
 
 device = get_device()
@@ -42,7 +50,7 @@ print(describe(device))
 # A training step keeps the activations of its whole batch alive until backward. When a batch of 64
 # sequences does not fit, run 8 micro-batches of 8 and step once: **effective batch = micro-batch × k**
 # (× the number of data-parallel replicas). Only activations depend on the micro-batch; weights,
-# gradients and optimizer state do not (section 8 measures this).
+# gradients and optimizer state do not (section 10 measures this).
 #
 # Our subject is the tiny LLaMA-style transformer pretrained on Shakespeare's sonnets (4 layers,
 # d = 64), fine-tuned on American founding documents with next-character prediction.
@@ -229,8 +237,52 @@ print("labelled tokens per micro-batch:", counts, "  total:", sum(counts))
 big_inputs, big_labels = torch.cat([x for x, _ in window]), torch.cat([y for _, y in window])
 reference = full_batch_gradients(model, big_inputs, big_labels)
 naive = accumulated_gradients(model, window, divide_by=len(window))      # each micro-batch mean / k
+naive_diff = cmp("mean of micro-batch means (naive)", naive, reference)
+with torch.no_grad():
+    naive_loss = sum(language_model_loss(model(x), y) for x, y in window).item() / len(window)
+    true_loss = language_model_loss(model(big_inputs), big_labels).item()
+print(f"loss reported: naive {naive_loss:.4f}, true token mean {true_loss:.4f}")
+print(f"naive gradient: {scale_factor(naive, reference):.3f} x the right one along it, plus a change of direction")
 
+# %% [markdown]
+# The naive gradient is not a rescaled version of the right one: it **points elsewhere**, because it
+# re-weights tokens by the inverse size of their micro-batch. The fix is the big batch's own arithmetic: sum
+# each micro-batch's loss over its labelled tokens (`reduction="sum"`) and divide by the labelled-token count of
+# the **whole window**, known before the first forward from the labels alone. Hugging Face's fix (transformers
+# PR #34191) does exactly that, passing `num_items_in_batch` to a sum-reduced loss.
+#
+# ## 5. Write it: one window, one step
+#
+# A real step also scales the loss for fp16, clips and follows a schedule. With a `GradScaler` (chapter 3), the
+# order inside a window matters:
+#
+# | per micro-batch | once per window |
+# |---|---|
+# | forward under autocast; loss normalized by the window | `scaler.unscale_(optimizer)` (before clipping) |
+# | `scaler.scale(loss).backward()` | `clip_grad_norm_`; `scaler.step(optimizer)`; `scaler.update()` |
+# | | `scheduler.step()`; `optimizer.zero_grad()` |
+#
+# Every micro-batch must be scaled by the **same** factor, so `.grad` holds one consistently scaled sum;
+# updating the scale mid-window would mix two scales. Unscale once, then clip the true gradient of the window.
+# A schedule counts optimizer steps, not micro-batches.
+#
+# ### Exercise 4.1: accumulation_step
+#
+# `accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_norm=None, scheduler=None,
+# autocast_dtype=None)`: exactly one optimizer step whose gradient is that of the token-mean cross-entropy over
+# every labelled position of the window (sections 2 and 4); the table's order with a scaler; the forward under
+# `torch.autocast(dtype=autocast_dtype)` (`None`: fp32); return the window's loss; `ValueError` for an empty
+# window, a window without labelled positions, and labels whose shape does not match the logits. Every option
+# must keep working when the others are on: the grader runs every pair of them (fp32 / bf16 / fp16 with a
+# scaler, GradScaler, clipping, scheduler, equal and unequal windows) against the library's step.
 
+# %%
+check("accumulation", exercise="4.1")
+
+# %% [markdown]
+# The heart of it, the notebook's whiteboard version, on the window above:
+
+# %%
 def window_normalized_gradients(model, window):
     """The fix: a sum-reduced loss divided by the token count of the whole window."""
     n_window = sum(int((y != -100).sum()) for _, y in window)
@@ -242,19 +294,7 @@ def window_normalized_gradients(model, window):
     return gradients(model)
 
 
-naive_diff = cmp("mean of micro-batch means (naive)", naive, reference)
 fixed_diff = cmp("sum / window token count (fixed)", window_normalized_gradients(model, window), reference)
-with torch.no_grad():
-    naive_loss = sum(language_model_loss(model(x), y) for x, y in window).item() / len(window)
-    true_loss = language_model_loss(model(big_inputs), big_labels).item()
-print(f"loss reported: naive {naive_loss:.4f}, true token mean {true_loss:.4f}")
-print(f"naive gradient: {scale_factor(naive, reference):.3f} x the right one along it, plus a change of direction")
-
-# %% [markdown]
-# The naive gradient is not a rescaled version of the right one: it **points elsewhere**, because it
-# re-weights tokens by the inverse size of their micro-batch. Hugging Face's fix (transformers PR #34191)
-# passes `num_items_in_batch`, the token count of the whole window, to a sum-reduced loss: exactly
-# `window_normalized_gradients`.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -262,7 +302,18 @@ print("fixed == big batch within 1e-6:", fixed_diff <= 1e-6)
 print("naive == big batch within 1e-6:", naive_diff <= 1e-6)
 
 # %% [markdown]
-# ## 5. The library's version, and bad input
+# ### Exercise 4.2: GradientAccumulator
+#
+# `GradientAccumulator(model, optimizer, accumulation_steps, *, scaler=None, max_grad_norm=None,
+# scheduler=None, autocast_dtype=None)` with `train(batches) -> list[float]`: windows of k, one step each
+# (your `accumulation_step`), the final partial window included and normalized by its own token count
+# (section 3), every option passed to every window, the partial one too; `ValueError` for k < 1.
+
+# %%
+check("accumulation", exercise="4.2")
+
+# %% [markdown]
+# ## 6. The library's version, and bad input
 #
 # `efftrain_lib.accumulation` holds the hardened version: `accumulation_step` (one window, one step;
 # optional GradScaler, clipping, scheduler, autocast and memory meter) and `GradientAccumulator` (windows
@@ -356,22 +407,12 @@ for attempt in [
         print(f"ValueError: {error}\n")
 
 # %% [markdown]
-# ## 6. With mixed precision and a learning-rate schedule
+# ## 7. With mixed precision and a learning-rate schedule
 #
-# With a `GradScaler` (chapter 3), the order inside a window matters:
-#
-# | per micro-batch | once per window |
-# |---|---|
-# | forward under autocast; loss normalized by the window | `scaler.unscale_(optimizer)` (before clipping) |
-# | `scaler.scale(loss).backward()` | `clip_grad_norm_`; `scaler.step(optimizer)`; `scaler.update()` |
-# | | `scheduler.step()`; `optimizer.zero_grad()` |
-#
-# Every micro-batch must be scaled by the **same** factor, so `.grad` holds one consistently scaled sum;
-# updating the scale mid-window would mix two scales (a real `GradScaler` refuses `update()` without a
-# `step()`: it raises). But it does **not** catch the commoner slip, `step()` and `update()` after every
-# micro-batch: that runs without a word and quietly turns accumulation off (k optimizer steps per window,
-# shown below). Unscale once, then clip the true gradient. We use `torch.amp.GradScaler("cpu")` and log its
-# calls:
+# Section 5's order, on a real `GradScaler`. Updating the scale mid-window would mix two scales, and a real
+# `GradScaler` refuses `update()` without a `step()`: it raises. But it does **not** catch the commoner slip,
+# `step()` and `update()` after every micro-batch: that runs without a word and quietly turns accumulation off
+# (k optimizer steps per window, shown below). We use `torch.amp.GradScaler("cpu")` and log its calls:
 
 # %%
 class LoggingScaler(torch.amp.GradScaler):
@@ -503,7 +544,59 @@ else:
           "On CPU we used bf16 autocast with GradScaler('cpu') above.")
 
 # %% [markdown]
-# ## 7. BatchNorm is not equivalent, LayerNorm is
+# ## 8. A stream: when the token count comes last
+#
+# The fix of section 4 counts the window's labelled tokens **before** the first forward, so it must hold the
+# whole window (at least its labels) first. Sometimes it cannot: the micro-batches come from a stream that
+# packs or tokenizes on the fly, or a pipeline that must not keep k micro-batches around, and each may be read
+# only after the previous one's backward. The count is then known only after the last backward, when every
+# micro-batch's gradient is already in `.grad`.
+#
+# ### Exercise 4.3: accumulation over a stream
+#
+# Write `streaming_accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_norm=None,
+# scheduler=None, autocast_dtype=None)`: `micro_batches` is an iterator you read one micro-batch at a time,
+# the next only after the previous one's backward. The step's gradient must still be the token-mean gradient of
+# the whole window, under every option; return the window's token-mean loss; an empty stream or one with no
+# labelled position is a `ValueError`, with no step taken and no gradient left. The notebook does not show an
+# answer. Think about what `backward()` computes and what it is linear in, and about where the options of
+# section 5 have to see the right gradient. The grader watches the stream (reading ahead is seen) and compares
+# every pair of options with the library's step.
+
+# %%
+check("accumulation", exercise="4.3")
+
+# %% [markdown]
+# The library's version (`accumulation.streaming_accumulation_step`, on the course's one step) on the padded
+# window of section 4, fed by a generator that notes how many backward passes had run when each micro-batch was
+# read:
+
+# %%
+from efftrain_lib.accumulation import streaming_accumulation_step  # noqa: E402
+
+streamed, backward_passes, read_at = copy.deepcopy(model), [], []
+streamed.embed_tokens.weight.register_hook(lambda grad: backward_passes.append(1))
+
+
+def stream_of(micro_batches):
+    for pair in micro_batches:
+        read_at.append(len(backward_passes))  # backward passes done when this micro-batch is read
+        yield pair
+
+
+stream_recorder = RecordingSGD(streamed, lr=0.0)
+stream_loss = streaming_accumulation_step(streamed, stream_recorder, stream_of(window))
+stream_diff = cmp("library, read as a stream", stream_recorder.applied[0], reference)
+print(f"backward passes done when each micro-batch was read: {read_at}; returned loss {stream_loss:.4f} "
+      f"(the window's token mean: {true_loss:.4f})")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("a stream, read one micro-batch at a time, gives the big batch's gradient within 1e-6:", stream_diff <= 1e-6)
+print("each micro-batch read only after the previous one's backward:", read_at == list(range(len(window))))
+
+# %% [markdown]
+# ## 9. BatchNorm is not equivalent, LayerNorm is
 #
 # Accumulation is exact when each example's loss depends on that example alone. **BatchNorm** normalizes
 # with the mean and variance of the batch it sees: a micro-batch of 4 has other statistics than the batch
@@ -540,7 +633,7 @@ print("BatchNorm: accumulated == big batch within 1e-6:", norm_diffs["BatchNorm1
 # Remedies when a model has BatchNorm: a micro-batch large enough for stable statistics, GroupNorm or
 # LayerNorm instead, or SyncBatchNorm across devices (it syncs across GPUs, not across micro-batches).
 #
-# ## 8. Memory and time
+# ## 10. Memory and time
 #
 # Fix the effective batch at 32 sequences of 64 characters and cut it into micro-batches of 32, 16, ...,
 # 1 (k = 1 ... 32). For each: peak memory of one window (the course's meter: on CPU exact accounting of
@@ -630,7 +723,7 @@ print("six steps of the big batch and of 8 x 4 micro-batches land on the same we
 # AdamW divides by the root of its second moment, which magnifies rounding in tiny gradient entries: after
 # six steps the weights agree to the 1e-6 level here rather than 1e-8, still far below one step's size (lr 1e-3).
 #
-# ## 9. Myths vs measurement
+# ## 11. Myths vs measurement
 #
 # The seed's accumulation claims next to what this notebook measured.
 
@@ -655,7 +748,8 @@ same_micro_ratio = sorted(timings["accumulated"])[2] / sorted(timings["unaccumul
 myths = [
     ("等效 batch size = mini_batch_size × accumulation_steps (an equivalent batch)",
      f"For the gradient, exactly, **if** each window is normalized by its own token count: max |diff| "
-     f"{equivalence_diff:.0e} (section 2), {fixed_diff:.0e} with unequal token counts (section 4). Not with "
+     f"{equivalence_diff:.0e} (section 2), {fixed_diff:.0e} with unequal token counts (section 5), "
+     f"{stream_diff:.0e} counted as they come (section 8). Not with "
      f"the mean of micro-batch means ({naive_diff:.0e}), not for the seed's leftover window "
      f"({seed_factors[-1]:.2f} of a step), not with BatchNorm ({norm_diffs['BatchNorm1d']:.0e})."),
     ("loss / accumulation_steps keeps the gradient magnitude right (保证梯度量级正确)",
@@ -676,47 +770,21 @@ myths = [
 display(Markdown("| claim (seed) | measured here |\n|---|---|\n" + "\n".join(f"| {c} | {m} |" for c, m in myths)))
 
 # %% [markdown]
-# ## 10. Exercises
+# ## 12. Exercises, all at once
 #
-# Implement accumulation yourself in `exercises/accumulation.py` (open it in JupyterLab's editor beside this
-# notebook). After each exercise, run its check cell. The grader loads your file afresh each time, compares
-# every optimizer step with a **full-batch step** on the same data (gradient, learning rate, GradScaler
-# calls), and names the likely mistake when a check fails: loss not divided, mean of per-micro-batch
-# means, partial window divided by k, zero_grad inside the window, scheduler or scaler stepped per
-# micro-batch, clipping before unscale_, and more. Until you start, every check reports "not implemented yet".
-#
-# ### Exercise 4.1: accumulation_step
-#
-# `accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_norm=None, scheduler=None)`:
-# exactly one optimizer step whose gradient is that of the token-mean cross-entropy over every labelled
-# position of the window (sections 2 and 4); with a scaler, scale every micro-batch and unscale, clip, step
-# and update once (section 6); return the window's loss; `ValueError` for an empty window, a window without
-# labelled positions, and labels whose shape does not match the logits (section 5).
-
-# %%
-from efftrain_lib.grade import check
-
-check("accumulation", exercise="4.1")
-
-# %% [markdown]
-# ### Exercise 4.2: GradientAccumulator
-#
-# `GradientAccumulator(model, optimizer, accumulation_steps, *, scaler=None, max_grad_norm=None,
-# scheduler=None)` with `train(batches) -> list[float]`: windows of k, one step each, the final partial
-# window included and normalized by its own token count (section 3); `ValueError` for k < 1.
-
-# %%
-check("accumulation", exercise="4.2")
-
-# %% [markdown]
-# Both at once (also in a terminal: `python -m efftrain_lib.grade accumulation`). The reference answers
+# The chapter's exercises, where they come up: 4.1 `accumulation_step` and 4.2 `GradientAccumulator`
+# (section 5), 4.3 `streaming_accumulation_step` (section 8; the notebook never shows an answer to this one).
+# All of them at once (also in a terminal: `python -m efftrain_lib.grade accumulation`). The reference answers
 # (`solutions/accumulation.py`) pass every check; peek only after trying:
+
+# %%
+check("accumulation")
 
 # %%
 check("accumulation", impl="solutions")
 
 # %% [markdown]
-# ## 11. Interview drill
+# ## 13. Interview drill
 #
 # The chapter's cards: the seed's questions and more. Reveal, grade yourself; numeric answers are checked.
 # Missed cards come back first next time (also in a terminal: `python -m efftrain_lib.drill --chapter accumulation`).

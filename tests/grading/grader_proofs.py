@@ -9,6 +9,7 @@ assertions (pytest rewrites asserts in test modules only): just the chapter desc
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 from efftrain_lib.grade import DEFAULT_TIMEOUT_S, Report, Result, grade, load_module
 
@@ -85,3 +87,16 @@ def cli(chapter: str, *args: str, timeout: float = 120) -> tuple[subprocess.Comp
     proc = subprocess.run([sys.executable, "-m", "efftrain_lib.grade", chapter, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
     return proc, time.perf_counter() - start
+
+
+def uncovered_pairs(cases: list[dict], levels: dict[str, list], allowed: Callable[[dict], bool] = lambda case: True):
+    """The pairs of option values ((a, value), (b, value)) that some allowed combination of `levels` holds
+    but none of `cases` does: what a pairwise combination check misses (empty when it covers every pair)."""
+    names = list(levels)
+    combinations = [dict(zip(names, values)) for values in itertools.product(*levels.values())]
+
+    def pairs(case: dict) -> set:
+        return {((a, case[a]), (b, case[b])) for a, b in itertools.combinations(names, 2)}
+
+    wanted = set().union(*(pairs(c) for c in combinations if allowed(c)))
+    return sorted(wanted - set().union(*(pairs(c) for c in cases)), key=str)

@@ -28,3 +28,4 @@ class GradientAccumulator(_solution.GradientAccumulator):
         # BUG: no check; with k = 0 the window never fills and everything lands in one "partial" step
         self.model, self.optimizer, self.k = model, optimizer, accumulation_steps
         self.step_kwargs = kwargs
+streaming_accumulation_step = _solution.streaming_accumulation_step

@@ -26,6 +26,7 @@ CAUGHT_BY = {
     "training equals full-batch training (SGD with momentum)": [],
     "scheduler: one step per window": [],
     "GradScaler: one update per window": [],
+    "options together: autocast dtype x GradScaler x clipping x scheduler, every window": ["6 forwards for 7 micro-batches", "final partial one"],
 }
 
 
@@ -34,3 +35,4 @@ class GradientAccumulator(_solution.GradientAccumulator):
         batches = list(batches)
         full = len(batches) - len(batches) % self.k  # BUG: the last len % k batches never train
         return super().train(batches[:full])
+streaming_accumulation_step = _solution.streaming_accumulation_step

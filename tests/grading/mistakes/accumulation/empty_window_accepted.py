@@ -20,7 +20,8 @@ CAUGHT_BY = {
 }
 
 
-def accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_norm=None, scheduler=None):
+def accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_norm=None, scheduler=None,
+                      autocast_dtype=None):
     micro_batches = list(micro_batches)
     n_tokens = sum(int((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches)
     if n_tokens == 0 and micro_batches:  # BUG: an empty window slips through and steps
@@ -29,7 +30,8 @@ def accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_
     optimizer.zero_grad(set_to_none=True)  # once per window, never inside the loop
     total = 0.0
     for inputs, labels in micro_batches:
-        logits = model(inputs)
+        with torch.autocast(inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(inputs)
         if labels.shape != logits.shape[:-1]:
             optimizer.zero_grad(set_to_none=True)
             raise ValueError(f"labels of shape {tuple(labels.shape)} do not match logits of shape "
@@ -61,3 +63,4 @@ def accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_
 
 _solution.accumulation_step = accumulation_step  # the solution's GradientAccumulator calls this one
 GradientAccumulator = _solution.GradientAccumulator
+streaming_accumulation_step = _solution.streaming_accumulation_step

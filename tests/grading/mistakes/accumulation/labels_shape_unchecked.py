@@ -20,7 +20,8 @@ CAUGHT_BY = {
 }
 
 
-def accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_norm=None, scheduler=None):
+def accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_norm=None, scheduler=None,
+                      autocast_dtype=None):
     micro_batches = list(micro_batches)
     if not micro_batches:
         raise ValueError("empty window: need at least one (inputs, labels) micro-batch")
@@ -31,7 +32,8 @@ def accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_
     optimizer.zero_grad(set_to_none=True)  # once per window, never inside the loop
     total = 0.0
     for inputs, labels in micro_batches:
-        logits = model(inputs)
+        with torch.autocast(inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(inputs)
         # BUG: no shape check; reshape(-1) happily pairs a transposed [T, B] label tensor with [B, T] logits
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum") / n_tokens
@@ -60,3 +62,4 @@ def accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_
 
 _solution.accumulation_step = accumulation_step  # the solution's GradientAccumulator calls this one
 GradientAccumulator = _solution.GradientAccumulator
+streaming_accumulation_step = _solution.streaming_accumulation_step

@@ -22,15 +22,18 @@ CAUGHT_BY = {
     "returns one token-mean loss per window": ["token-mean loss of one whole window"],
     "training equals full-batch training (SGD with momentum)": ["full-batch training"],
     "GradScaler: one update per window": ["mean of per-micro-batch means"],
+    "options together: autocast dtype x GradScaler x clipping x scheduler, every window": ["mean of per-micro-batch means"],
 }
 
 
 class GradientAccumulator:
-    def __init__(self, model, optimizer, accumulation_steps, *, scaler=None, max_grad_norm=None, scheduler=None):
+    def __init__(self, model, optimizer, accumulation_steps, *, scaler=None, max_grad_norm=None, scheduler=None,
+                 autocast_dtype=None):
         if accumulation_steps < 1:
             raise ValueError("accumulation_steps must be >= 1")
         self.model, self.optimizer, self.k = model, optimizer, accumulation_steps
         self.scaler, self.max_grad_norm, self.scheduler = scaler, max_grad_norm, scheduler
+        self.autocast_dtype = autocast_dtype
 
     def _step(self):
         if self.max_grad_norm is not None:
@@ -50,7 +53,8 @@ class GradientAccumulator:
         losses, total, n = [], 0.0, 0
         self.optimizer.zero_grad()
         for i, (inputs, labels) in enumerate(batches):
-            logits = self.model(inputs)
+            with torch.autocast(inputs.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                logits = self.model(inputs)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                    ignore_index=-100) / self.k  # BUG for the leftover window: m < k batches
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -64,3 +68,4 @@ class GradientAccumulator:
             self._step()
             losses.append(total)
         return losses
+streaming_accumulation_step = _solution.streaming_accumulation_step

@@ -19,10 +19,13 @@ CAUGHT_BY = {
     "GradScaler: scale every micro-batch, step and update once": ["update", "per micro-batch"],
     "GradScaler + clipping: unscale_ before clipping": ["update", "per micro-batch"],
     "GradScaler: one update per window": ["per micro-batch"],
+    "options together: autocast dtype x GradScaler x clipping x scheduler x window": ["scaler.update() per micro-batch"],
+    "options together: autocast dtype x GradScaler x clipping x scheduler, every window": ["scaler.update() per micro-batch"],
 }
 
 
-def accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_norm=None, scheduler=None):
+def accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_norm=None, scheduler=None,
+                      autocast_dtype=None):
     micro_batches = list(micro_batches)
     if not micro_batches:
         raise ValueError("empty window: need at least one (inputs, labels) micro-batch")
@@ -33,7 +36,8 @@ def accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_
     optimizer.zero_grad(set_to_none=True)  # once per window, never inside the loop
     total = 0.0
     for inputs, labels in micro_batches:
-        logits = model(inputs)
+        with torch.autocast(inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(inputs)
         if labels.shape != logits.shape[:-1]:
             optimizer.zero_grad(set_to_none=True)
             raise ValueError(f"labels of shape {tuple(labels.shape)} do not match logits of shape "
@@ -66,3 +70,4 @@ def accumulation_step(model, optimizer, micro_batches, *, scaler=None, max_grad_
 
 _solution.accumulation_step = accumulation_step  # the solution's GradientAccumulator calls this one
 GradientAccumulator = _solution.GradientAccumulator
+streaming_accumulation_step = _solution.streaming_accumulation_step

@@ -16,13 +16,13 @@ CAUGHT_BY = {'fp16 gradients are refused (fp32 master weights)': ['fp16 paramete
 class LossScaler(_solution.LossScaler):
     @torch.no_grad()
     def unscale_(self, optimizer):
-        if id(optimizer) in self._unscaled:
+        if id(optimizer) in self._found_inf:
             raise RuntimeError("unscale_() has already been called")
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         # BUG: no fp16 check
         found_inf = not bool(torch.stack(torch._foreach_norm(grads, math.inf)).isfinite().all())
         torch._foreach_mul_(grads, 1.0 / self._scale)
-        self._found_inf = bool(self._found_inf) or found_inf
-        self._unscaled.add(id(optimizer))
+        self._found_inf[id(optimizer)] = found_inf
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

@@ -16,12 +16,12 @@ CAUGHT_BY = {'growth needs growth_interval consecutive finite steps': ['counts o
 class LossScaler(_solution.LossScaler):
     def update(self):
         self._growth_tracker += 1  # BUG: counted before looking at the overflow
-        if self._found_inf:
+        if any(self._found_inf.values()):
             self._scale *= self.backoff_factor
         if self._growth_tracker == self.growth_interval:
             self._grow()
             self._growth_tracker = 0
-        self._unscaled.clear()
-        self._found_inf = None
+        self._found_inf.clear()
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

@@ -15,7 +15,7 @@ CAUGHT_BY = {'the growth counter resets after growth': ['off by one']}
 
 class LossScaler(_solution.LossScaler):
     def update(self):
-        if self._found_inf:
+        if any(self._found_inf.values()):
             self._scale *= self.backoff_factor
             self._growth_tracker = 0
         else:
@@ -23,7 +23,7 @@ class LossScaler(_solution.LossScaler):
             if self._growth_tracker > self.growth_interval:  # BUG: one step late
                 self._grow()
                 self._growth_tracker = 0
-        self._unscaled.clear()
-        self._found_inf = None
+        self._found_inf.clear()
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

@@ -18,3 +18,4 @@ class LossScaler(_solution.LossScaler):
         super().__init__(2.0**16, growth_factor, backoff_factor, growth_interval)  # BUG: init_scale dropped
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

@@ -15,12 +15,12 @@ CAUGHT_BY = {'an overflow backs off the scale': ['no backoff on overflow']}
 
 class LossScaler(_solution.LossScaler):
     def update(self):
-        if not self._found_inf:  # BUG: nothing happens on overflow
+        if not any(self._found_inf.values()):  # BUG: nothing happens on overflow
             self._growth_tracker += 1
             if self._growth_tracker == self.growth_interval:
                 self._grow()
                 self._growth_tracker = 0
-        self._unscaled.clear()
-        self._found_inf = None
+        self._found_inf.clear()
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

@@ -15,14 +15,14 @@ CAUGHT_BY = {'the growth counter resets after growth': ['not reset after growth'
 
 class LossScaler(_solution.LossScaler):
     def update(self):
-        if self._found_inf:
+        if any(self._found_inf.values()):
             self._scale *= self.backoff_factor
             self._growth_tracker = 0
         else:
             self._growth_tracker += 1
             if self._growth_tracker >= self.growth_interval:
                 self._grow()  # BUG: no reset
-        self._unscaled.clear()
-        self._found_inf = None
+        self._found_inf.clear()
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

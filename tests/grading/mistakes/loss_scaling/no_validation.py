@@ -18,6 +18,7 @@ class LossScaler(_solution.LossScaler):
         # BUG: no checks at all
         self._scale, self.growth_factor, self.backoff_factor = float(init_scale), growth_factor, backoff_factor
         self.growth_interval, self._growth_tracker = growth_interval, 0
-        self._unscaled, self._found_inf = set(), None
+        self._found_inf = {}
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

@@ -18,3 +18,4 @@ class LossScaler(_solution.LossScaler):
         return loss * self._scale  # BUG: fp16 loss * 65536.0 is computed (and stored) in fp16
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

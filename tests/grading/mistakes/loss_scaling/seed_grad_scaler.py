@@ -68,3 +68,4 @@ class LossScaler:
 
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

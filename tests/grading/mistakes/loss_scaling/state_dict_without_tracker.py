@@ -23,3 +23,4 @@ class LossScaler(_solution.LossScaler):
         super().load_state_dict({**state_dict, "_growth_tracker": state_dict.get("_growth_tracker", 0)})
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

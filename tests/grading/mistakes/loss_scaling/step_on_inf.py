@@ -16,9 +16,10 @@ CAUGHT_BY = {'step skips the optimizer on inf/NaN': ['step taken on inf'],
 
 class LossScaler(_solution.LossScaler):
     def step(self, optimizer):
-        if id(optimizer) not in self._unscaled:
+        if id(optimizer) not in self._found_inf:
             self.unscale_(optimizer)
         optimizer.step()  # BUG: no check of found_inf
-        return not self._found_inf
+        return not self._found_inf[id(optimizer)]
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

@@ -18,3 +18,4 @@ class LossScaler(_solution.LossScaler):
         super().step(optimizer)  # BUG: the result is dropped
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

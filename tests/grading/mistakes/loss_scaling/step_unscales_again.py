@@ -15,11 +15,12 @@ CAUGHT_BY = {'step after unscale_ does not unscale again': ['unscaling twice']}
 
 class LossScaler(_solution.LossScaler):
     def step(self, optimizer):
-        self._unscaled.discard(id(optimizer))  # BUG: unscale again whatever happened before
+        self._found_inf.pop(id(optimizer), None)  # BUG: unscale again whatever happened before
         self.unscale_(optimizer)
-        if self._found_inf:
+        if self._found_inf[id(optimizer)]:
             return False
         optimizer.step()
         return True
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

@@ -15,12 +15,13 @@ CAUGHT_BY = {'step unscales when unscale_ was not called': ['step without unscal
 
 class LossScaler(_solution.LossScaler):
     def step(self, optimizer):
-        if id(optimizer) not in self._unscaled:  # BUG: checks for inf but leaves the gradients scaled
+        if id(optimizer) not in self._found_inf:  # BUG: checks for inf but leaves the gradients scaled
             grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            self._found_inf = not all(bool(torch.isfinite(g).all()) for g in grads)
-        if self._found_inf:
+            self._found_inf[id(optimizer)] = not all(bool(torch.isfinite(g).all()) for g in grads)
+        if self._found_inf[id(optimizer)]:
             return False
         optimizer.step()
         return True
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

@@ -15,7 +15,8 @@ CAUGHT_BY = {'unscale_ twice before update() raises RuntimeError': ['did not rai
 
 class LossScaler(_solution.LossScaler):
     def unscale_(self, optimizer):
-        self._unscaled.discard(id(optimizer))  # BUG: forgets that it already unscaled
+        self._found_inf.pop(id(optimizer), None)  # BUG: forgets that it already unscaled
         super().unscale_(optimizer)
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16

@@ -15,7 +15,7 @@ CAUGHT_BY = {'an overflow backs off the scale': ['update() does nothing']}
 
 class LossScaler(_solution.LossScaler):
     def update(self):
-        self._unscaled.clear()  # BUG: only resets the per-step bookkeeping
-        self._found_inf = None
+        self._found_inf.clear()  # BUG: only resets the per-step bookkeeping
 
 train_step = _solution.train_step
+stochastic_round_to_bf16 = _solution.stochastic_round_to_bf16
