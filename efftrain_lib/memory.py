@@ -482,13 +482,18 @@ def optimizer_step_temporaries(optimizer: str, impl: str, trainable_numels: Sequ
                   foreach   1 x every trainable parameter at once (torch._foreach_sqrt of all the v)
                   fused     nothing (one kernel per parameter, in place)
     SGD, with or without momentum: nothing (in place), whatever the implementation.
+    Exercise 0.4's API: unknown names and non-positive sizes are a ValueError.
     """
-    if OPTIMIZERS[optimizer][0] < 2 or impl == "fused" or not trainable_numels:
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    impl = check_choice("impl", impl, OPTIMIZER_IMPLS)
+    state_elem = positive_int("state_bytes", state_elem)
+    numels = [positive_int("every element count", n) for n in trainable_numels]
+    if OPTIMIZERS[optimizer][0] < 2 or impl == "fused" or not numels:
         return 0
     if impl == "for-loop":
-        previous = [0, *trainable_numels[:-1]]
-        return max(2 * n + before for n, before in zip(trainable_numels, previous)) * state_elem
-    return sum(trainable_numels) * state_elem
+        previous = [0, *numels[:-1]]
+        return max(2 * n + before for n, before in zip(numels, previous)) * state_elem
+    return sum(numels) * state_elem
 
 
 def clip_temporaries(n_tensors: int) -> int:
