@@ -19,7 +19,7 @@ compare with: its reference is torch.profiler's measurement of a real torch.opti
 from __future__ import annotations
 
 from efftrain_lib.grading import Checks, failed, passed
-from efftrain_lib.grading.combinations import product, where_wrong
+from efftrain_lib.grading.combinations import TOGETHER_HINT, product, where_wrong
 from efftrain_lib.grading.memory_math_support import (
     _ACT_SMALL, _LORA_MIXED, ACT_MISTAKES, NUMEL_LISTS, STATE_MISTAKES, STATES, STEP_SCALARS,
     _call_states, _check_act, _check_lora, _check_states, _close, _describe_states, _diagnose, _fmt,
@@ -120,7 +120,7 @@ def training_memory_options_together(impl):
     where = where_wrong([combos[i] for i in wrong], [c for i, c in enumerate(combos) if i not in wrong])
     mistake = _diagnose(outputs, probes, STATE_MISTAKES, _truth_states)
     return failed(f"{_describe_states(probes[wrong[0]], outputs[wrong[0]])}; {where}",
-                  mistake or "each option alone is right, two together are not: see the combinations named above")
+                  mistake or TOGETHER_HINT)
 
 
 # ------------------------------------------------------------------------------- 0.2: LoRA --
@@ -286,7 +286,7 @@ def activations_options_together(impl):
     mistake = _diagnose(outputs, probes, ACT_MISTAKES, _korthikanti)
     return failed(f"activation_bytes(s={s_}, b={b}, h={h_}, a={a}, n_layers={n}, recompute={rc!r}) = "
                   f"{_fmt(outputs[wrong[0]])}; expected {_korthikanti(*probes[wrong[0]]):,}; {where}",
-                  mistake or "each option alone is right, two together are not: see the combinations named above")
+                  mistake or TOGETHER_HINT)
 
 
 # ------------------------------------------------------ 0.4: the optimizer step's temporaries --
@@ -341,7 +341,7 @@ def step_temporaries_of_fused_adam_and_sgd(impl):
 def step_temporaries_options_together(impl):
     configs = step_configurations()
     return _check_step(impl, configs, f"all {len(configs)} combinations equal to the profiler's peak",
-                       "each option alone is right, two together are not: see the combinations named above",
+                       TOGETHER_HINT,
                        together=True)
 
 
