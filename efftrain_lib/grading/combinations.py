@@ -67,6 +67,11 @@ def where_wrong(failing: Sequence[Mapping], passing: Sequence[Mapping] = ()) -> 
     return f"wrong in {len(failing)} of {total} combinations, e.g. {describe(failing[0])}"
 
 
+def _meets(combo: Mapping, condition: Mapping) -> bool:
+    return all(combo.get(k) in v if isinstance(v, (set, frozenset)) else combo.get(k) == v
+               for k, v in condition.items())
+
+
 TOGETHER_HINT = "each option alone is right, two together are not: see the combination named above"
 
 
@@ -74,8 +79,8 @@ def check_together(combos: Sequence[dict], trial: Callable[[dict], str | None], 
                    hints: Sequence[tuple[Mapping, str]] = (), default_hint: str = TOGETHER_HINT) -> Outcome:
     """Run `trial(combo)` (None when right, else what is wrong) on every combination; an exception the learner's
     code raises is a miss too, reported with its combination. Passes with `what`, or fails naming the first miss,
-    what the misses share, and the hint of `hints` whose condition (option -> value) picks out exactly the
-    failing combinations, else `default_hint`."""
+    what the misses share, and the hint of `hints` whose condition (option -> value, or -> a set of values
+    any of which will do) picks out exactly the failing combinations, else `default_hint`."""
     failing, problems, errors = [], [], []
     for combo in combos:
         try:
@@ -93,6 +98,5 @@ def check_together(combos: Sequence[dict], trial: Callable[[dict], str | None], 
     if len(errors) == len(combos) and len({(type(e), str(e)) for e in errors}) == 1:
         raise errors[0]  # the same error everywhere (a missing function): no combination to name
     passing = [c for c in combos if c not in failing]
-    hint = next((h for condition, h in hints
-                 if failing == [c for c in combos if all(c.get(k) == v for k, v in condition.items())]), default_hint)
+    hint = next((h for condition, h in hints if failing == [c for c in combos if _meets(c, condition)]), default_hint)
     return failed(f"{describe(failing[0])}: {problems[0]}; {where_wrong(failing, passing)}", hint)
