@@ -278,7 +278,8 @@ def checkpoint_non_reentrant(fn: Callable, *args, preserve_rng_state: bool = Tru
     if not callable(fn):
         raise TypeError(f"checkpoint_non_reentrant: fn must be callable, got {type(fn).__name__}")
     if not isinstance(preserve_rng_state, bool):
-        raise TypeError(f"checkpoint_non_reentrant: preserve_rng_state must be True or False, got {preserve_rng_state!r}")
+        raise TypeError("checkpoint_non_reentrant: preserve_rng_state must be True or False, "
+                        f"got {preserve_rng_state!r}")
     if not torch.is_grad_enabled():
         return fn(*args, **kwargs)
     call = _Call(fn, args, kwargs)

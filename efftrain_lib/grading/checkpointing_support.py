@@ -187,7 +187,8 @@ def differs(got, ref) -> str | None:
     """None when output and gradients agree within OUT_ATOL and GRAD_ATOL; else what differs."""
     (out, grads), (ref_out, ref_grads) = got, ref
     if out.shape != ref_out.shape or out.dtype != ref_out.dtype or _maxdiff(out, ref_out) > OUT_ATOL:
-        return f"output {out.dtype} differs from the reference's {ref_out.dtype} (max |diff| {_maxdiff(out, ref_out):.2e})"
+        diff = _maxdiff(out, ref_out) if out.shape == ref_out.shape else float("inf")
+        return f"output {out.dtype} differs from the reference's {ref_out.dtype} (max |diff| {diff:.2e})"
     missing = sum(g is None for g in grads)
     if missing:
         return f"{missing} of {len(grads)} gradients are None"

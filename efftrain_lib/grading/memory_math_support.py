@@ -205,7 +205,8 @@ ACT_MISTAKES = {
         lambda s, b, h, a, n, rc="none": 2 * _korthikanti(s, b, h, a, n, rc),
     "5as/h rounded down (integer division, a * s // h): wrong whenever h does not divide 5as; compute "
     "34sbh + 5as^2b and round once, at the end":
-        lambda s, b, h, a, n, rc="none": (s * b * h * (34 + 5 * a * s // h)) * n if rc == "none" else _korthikanti(s, b, h, a, n, rc),
+        lambda s, b, h, a, n, rc="none": (s * b * h * (34 + 5 * a * s // h)) * n if rc == "none"
+        else _korthikanti(s, b, h, a, n, rc),
 }
 
 
