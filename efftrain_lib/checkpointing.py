@@ -4,6 +4,7 @@ Checkpointing trades compute for memory: run a function without keeping what its
 need, keep only its inputs, and run it again (with grad enabled) when backward reaches it.
 
     out = checkpoint(block, x)                        # torch.utils.checkpoint(block, x, use_reentrant=False)'s gradients
+    out = checkpoint_non_reentrant(block, x)          # the same, built like torch's: saved-tensor hooks
     out = checkpoint_sequential(blocks, 4, x)         # same split as torch's: the last segment runs normally
     enable_checkpointing(model, every=4)              # TinyTransformer: checkpoint every 4 decoder layers
     enable_checkpointing(model, policy="attention")   # selective: only the attention sub-block of each layer
@@ -66,6 +67,7 @@ import torch.nn as nn
 
 __all__ = [
     "checkpoint",
+    "checkpoint_non_reentrant",
     "checkpoint_sequential",
     "sequential_split",
     "enable_checkpointing",
@@ -260,6 +262,65 @@ def checkpoint(fn: Callable, *args, preserve_rng_state: bool = True, **kwargs) -
     anchor_device = tensors[0].device if tensors else torch.device("cpu")
     anchor = torch.empty(0, device=anchor_device, requires_grad=True) if needs_anchor else None
     return CheckpointFunction.apply(call, preserve_rng_state, anchor, *tensors)
+
+
+def checkpoint_non_reentrant(fn: Callable, *args, preserve_rng_state: bool = True, **kwargs) -> Any:
+    """`checkpoint` built the other way, as torch's use_reentrant=False is (Exercise 2.3's API).
+
+    fn runs normally, its graph recorded, inside saved-tensor hooks whose pack keeps an index instead of the
+    tensor; the first unpack in backward recomputes fn (RNG and autocast replayed, inputs as they were) under
+    hooks that collect what it saves, and each unpack returns the tensor at its index. The parameters inside
+    are ordinary nodes of the graph: torch.autograd.grad reaches them, no anchor is needed when no input
+    requires grad, and a hook on a parameter fires once per backward. After the forward it keeps the inputs
+    (to recompute from), the RNG state and the output. An input changed in place after it was given, or a
+    recompute that saves other tensors than the forward did, is a RuntimeError saying so.
+    """
+    if not callable(fn):
+        raise TypeError(f"checkpoint_non_reentrant: fn must be callable, got {type(fn).__name__}")
+    if not isinstance(preserve_rng_state, bool):
+        raise TypeError("checkpoint_non_reentrant: preserve_rng_state must be True or False, "
+                        f"got {preserve_rng_state!r}")
+    if not torch.is_grad_enabled():
+        return fn(*args, **kwargs)
+    call = _Call(fn, args, kwargs)
+    tensors = call.pop_tensors()
+    versions = [t._version for t in tensors]
+    autocast = _autocast_state()
+    cpu_rng = torch.get_rng_state() if preserve_rng_state else None
+    devices, cuda_rng = _cuda_rng_states(tensors) if preserve_rng_state else ([], [])
+    recomputed: list[torch.Tensor] = []
+    packed = 0
+
+    def pack(_tensor):
+        nonlocal packed
+        packed += 1
+        return packed - 1  # the tensor itself is not kept: that is the memory saved
+
+    def recompute() -> None:
+        changed = [(i, v, t._version) for i, (t, v) in enumerate(zip(tensors, versions)) if t._version != v]
+        if changed:
+            raise RuntimeError(_changed_in_place_message(call, changed))
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in tensors]  # saves what the forward saved
+        with torch.random.fork_rng(devices=devices, enabled=preserve_rng_state):
+            if preserve_rng_state:
+                torch.set_rng_state(cpu_rng)
+                for device, state in zip(devices, cuda_rng):
+                    torch.cuda.set_rng_state(state, device)
+            with torch.enable_grad(), _replay_autocast(autocast), \
+                    torch.autograd.graph.saved_tensors_hooks(lambda t: recomputed.append(t) or t, lambda t: t):
+                call(inputs)
+        if len(recomputed) != packed:
+            raise RuntimeError(f"checkpoint_non_reentrant: the recompute saved {len(recomputed)} tensors for backward "
+                               f"where the forward saved {packed}: fn must do the same operations when run again "
+                               "(no data-dependent control flow, no state changed by the first run)")
+
+    def unpack(index: int) -> torch.Tensor:
+        if not recomputed:
+            recompute()
+        return recomputed[index]
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        return call(tensors)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from efftrain_lib.lora_math import check_rank, parameter_count
 from efftrain_lib.memory_replay import CPU_RNG_STATE_BYTES, DTYPE_BYTES, Replay, StepPlan, build_tape
 from efftrain_lib.quant_math import BASE_FORMATS, OPTIMIZER_STATE_FORMATS, optimizer_state_bytes
 from efftrain_lib.meter import MIB, MemoryBreakdown
-from efftrain_lib.optimizer_math import clip_temporaries, optimizer_step_temporaries
+from efftrain_lib.optimizer_math import IMPLS, clip_temporaries, optimizer_step_temporaries
 from efftrain_lib.sharding_math import check_sharding, shard_model_states
 
 GB = 10**9
@@ -77,7 +77,7 @@ MAX_LAYERS = 1024
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION_IMPLS = ("flash", "eager")
-OPTIMIZER_IMPLS = ("foreach", "for-loop", "fused")
+OPTIMIZER_IMPLS = IMPLS  # torch.optim's three step implementations
 
 SOURCE_ESTIMATE = "estimate: efftrain_lib.memory.estimate_training_memory (peak of a steady-state step)"
 

@@ -503,13 +503,13 @@ def profiler_peak_bytes(fn: Callable, *args, **kwargs) -> ProfilerPeak:
     """
     if not callable(fn):
         raise ValueError(f"profiler_peak_bytes needs a callable, got {type(fn).__name__}")
-    from torch.profiler import ProfilerActivity, profile
-
     os.environ["KINETO_LOG_LEVEL"] = "6"
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    # The profiler torch.profiler.profile runs underneath, called directly: the same events, without
+    # torch.profiler's own start, whose check for torch._inductor imports the whole compiler (3-6 s, once).
+    with torch.autograd.profiler.profile(use_cpu=True, profile_memory=True, use_kineto=True) as prof:
         fn(*args, **kwargs)
     try:
-        events = prof.profiler.kineto_results.events()
+        events = prof.kineto_results.events()
     except AttributeError as error:  # a private path; say so plainly if a torch release moves it
         raise RuntimeError(f"this torch ({torch.__version__}) does not expose profiler memory events") from error
     allocations = sorted(

@@ -14,6 +14,9 @@ __all__ = ["ADAM_LIKE", "clip_temporaries", "optimizer_step_temporaries"]
 
 #: the optimizers whose step computes sqrt(v) (SGD, with or without momentum, updates in place)
 ADAM_LIKE = ("adam", "adamw")
+#: the optimizers that update in place (no temporaries), and the implementations torch.optim offers
+IN_PLACE = ("sgd_momentum", "sgd")
+IMPLS = ("foreach", "for-loop", "fused")
 
 
 def optimizer_step_temporaries(optimizer: str, impl: str, trainable_numels: Sequence[int], state_elem: int) -> int:
@@ -26,13 +29,30 @@ def optimizer_step_temporaries(optimizer: str, impl: str, trainable_numels: Sequ
                   foreach   1 x every trainable parameter at once (torch._foreach_sqrt of all the v)
                   fused     nothing (one kernel per parameter, in place)
     SGD, with or without momentum: nothing (in place), whatever the implementation.
+    Exercise 0.4's API: unknown names and non-positive sizes are a ValueError.
     """
-    if optimizer not in ADAM_LIKE or impl == "fused" or not trainable_numels:
+    _one_of("optimizer", optimizer, (*ADAM_LIKE, *IN_PLACE))
+    _one_of("impl", impl, IMPLS)
+    state_elem = _positive("state_bytes", state_elem)
+    numels = [_positive("every element count", n) for n in trainable_numels]
+    if optimizer not in ADAM_LIKE or impl == "fused" or not numels:
         return 0
     if impl == "for-loop":
-        previous = [0, *trainable_numels[:-1]]
-        return max(2 * n + before for n, before in zip(trainable_numels, previous)) * state_elem
-    return sum(trainable_numels) * state_elem
+        previous = [0, *numels[:-1]]
+        return max(2 * n + before for n, before in zip(numels, previous)) * state_elem
+    return sum(numels) * state_elem
+
+
+def _one_of(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _positive(name: str, value) -> int:
+    # bool is an int to Python, not a size to a learner
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 def clip_temporaries(n_tensors: int) -> int:

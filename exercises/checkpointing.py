@@ -46,3 +46,24 @@ def checkpoint_sequential(functions, segments, input):
         "Exercise 2.2: checkpoint_sequential (see notebooks/02_gradient_checkpointing.ipynb, "
         "'Exercise 2.2: checkpoint_sequential')"
     )
+
+
+def checkpoint_non_reentrant(fn, *args, preserve_rng_state=True, **kwargs):
+    """The same contract as checkpoint(), built the other way, as torch's use_reentrant=False is: no
+    autograd.Function and no nested backward. Run fn normally, with grad enabled, so its graph is recorded,
+    inside torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+      - pack(tensor) is called for every tensor fn's ops save for backward: keep something small instead of
+        the tensor (the tensor is then freed after the forward);
+      - unpack(what pack returned) is called in backward when a node needs its saved tensor: the first call
+        recomputes fn (with grad enabled, the forward's RNG state and autocast state, on inputs whose
+        requires_grad is as it was) under hooks of its own that collect what the recompute saves; return
+        the one that stands where the tensor being unpacked stood.
+    The notebook does not show this design (section 4 names it): the grader compares it with
+    torch.utils.checkpoint(use_reentrant=False), asks torch.autograd.grad for the parameters inside fn, uses
+    an input that does not require grad (no anchor needed here), checks that a hook on a parameter used
+    inside and outside fn fires once, and reads what the forward keeps from the CPU allocator.
+    """
+    raise NotImplementedError(
+        "Exercise 2.3: checkpoint_non_reentrant (see notebooks/02_gradient_checkpointing.ipynb, "
+        "'Exercise 2.3: checkpointing with saved-tensor hooks')"
+    )

@@ -65,3 +65,45 @@ def count_parameters(model: nn.Module):
     raise NotImplementedError(
         "Exercise 1.4: count_parameters (see notebooks/01_lora.ipynb, 'Exercise 1.4: count_parameters')"
     )
+
+
+class DoRALinear(LoRALinear):
+    """DoRA (Liu et al. 2024) from your LoRALinear: LoRA on the direction of W, and a trainable magnitude
+    per output row.
+
+        forward(x) = (m / n) * (W x + scaling * B A x) + bias,   n = ||W + scaling * B @ A|| per output row,
+
+    with n treated as a constant in backward (detached, as the paper's section 4.3 recommends and PEFT does).
+    Attributes the graders read: those of LoRALinear, plus
+      magnitude  nn.Parameter of out_features values, the row norms of W at init (so the layer starts
+                 exactly at base(x)).
+    Dropout, in train mode, as PEFT applies it: the base keeps the clean x, and one mask, drawn once with
+    the layer's nn.Dropout on x, feeds both the direction term and the LoRA branch:
+        forward(x) = base(x) + (m / n - 1) * (W dropout(x)) + (m / n) * scaling * B A dropout(x)
+    (without dropout, or in eval mode, this is the formula above).
+    merge() folds it all into base.weight (the bias stays as it is), so forward is base(x) alone; unmerge()
+    gives W back (up to rounding). The notebook does not show this class: the grader compares it with
+    PEFT's DoRA (peft.tuners.lora.Linear with use_dora=True) in every combination of bias, dropout, train
+    and eval mode, merged and unmerged.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        # start from your LoRALinear: super().__init__(base, rank, alpha, dropout), then add the magnitude
+        raise NotImplementedError(
+            "Exercise 1.5: DoRALinear (see notebooks/01_lora.ipynb, 'Exercise 1.5: DoRA from LoRA')"
+        )
+
+    def forward(self, x):
+        raise NotImplementedError(
+            "Exercise 1.5: DoRALinear.forward (see notebooks/01_lora.ipynb, 'Exercise 1.5: DoRA from LoRA')"
+        )
+
+    def merge(self) -> None:
+        raise NotImplementedError(
+            "Exercise 1.5: DoRALinear.merge (see notebooks/01_lora.ipynb, 'Exercise 1.5: DoRA from LoRA')"
+        )
+
+    def unmerge(self) -> None:
+        raise NotImplementedError(
+            "Exercise 1.5: DoRALinear.unmerge (see notebooks/01_lora.ipynb, 'Exercise 1.5: DoRA from LoRA')"
+        )

@@ -52,3 +52,26 @@ def activation_bytes(seq_len, batch_size, hidden_size, n_heads, n_layers, recomp
         "Exercise 0.3: activation_bytes (see notebooks/00_memory_anatomy.ipynb, "
         "'Exercise 0.3: activations by Korthikanti's formula')"
     )
+
+
+STEP_OPTIMIZERS = ("adam", "adamw", "sgd", "sgd_momentum")
+IMPLEMENTATIONS = ("foreach", "for-loop", "fused")
+
+
+def optimizer_step_temporaries(optimizer, impl, trainable_numels, state_bytes) -> int:
+    """Bytes a torch.optim optimizer allocates inside one step() beyond the state it keeps (a later step:
+    the state already exists), for trainable parameters of `trainable_numels` elements, in the order the
+    optimizer holds them.
+
+    optimizer: "adam", "adamw", "sgd" or "sgd_momentum"; impl: "foreach" (torch.optim's default on CUDA),
+    "for-loop" (foreach=False, the default on CPU) or "fused" (fused=True); state_bytes: bytes per element
+    of the optimizer state, which torch keeps in the parameters' dtype (4 for fp32, 2 for bf16).
+    The notebook does not give the rule: measure it, with efftrain_lib.meter.profiler_peak_bytes(opt.step)
+    (notebook section 7). The grader compares your answer with torch.profiler's measurement on this machine;
+    it may be up to 16 bytes below it (the step counters). Return an int; raise ValueError for an unknown
+    optimizer or impl (naming it) and for a state_bytes or element count <= 0.
+    """
+    raise NotImplementedError(
+        "Exercise 0.4: optimizer_step_temporaries (see notebooks/00_memory_anatomy.ipynb, "
+        "'Exercise 0.4: the optimizer step's temporaries')"
+    )

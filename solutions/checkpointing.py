@@ -123,3 +123,49 @@ def checkpoint_sequential(functions, segments, input):
     for start in range(0, size * (segments - 1), size):
         x = checkpoint(run_range(start, start + size), x)
     return run_range(size * (segments - 1), n)(x)  # the last segment: not checkpointed
+
+
+# Exercise 2.3: non-reentrant checkpoint, with saved-tensor hooks ---------------------------------------
+def _recompute(fn, args, kwargs, rng, autocast, saved):
+    """Run fn again as the forward ran it, appending every tensor it saves for backward to `saved`, in order."""
+    def same(v):
+        # Detached (this graph is thrown away), requires_grad as it was: an op saves an input only if another
+        # input's gradient needs it, so the recompute then saves exactly what the forward saved.
+        return v.detach().requires_grad_(v.requires_grad) if torch.is_tensor(v) else v
+
+    with torch.random.fork_rng(devices=[], enabled=rng is not None):  # the caller's RNG is put back after
+        if rng is not None:
+            torch.set_rng_state(rng)  # the same dropout masks as the forward
+        with torch.enable_grad(), _Autocast(autocast), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            fn(*[same(v) for v in args], **{k: same(v) for k, v in kwargs.items()})
+
+
+def checkpoint_non_reentrant(fn, *args, preserve_rng_state=True, **kwargs):
+    """fn(*args, **kwargs) run normally, its graph recorded, but every tensor it saves for backward dropped:
+    the pack hook keeps an index instead. The first unpack (in backward) recomputes fn with the forward's RNG
+    and autocast state, collecting what it saves; each unpack returns the one at its index.
+    No Function, no nested backward: parameters inside fn are ordinary nodes of the graph, so they get their
+    gradients with or without an input that requires grad, torch.autograd.grad reaches them, and a hook on a
+    parameter used inside and outside fires once (as in torch's use_reentrant=False)."""
+    if not callable(fn):
+        raise TypeError(f"checkpoint_non_reentrant: fn must be callable, got {type(fn).__name__}")
+    if not torch.is_grad_enabled():  # evaluation: nothing will be saved anyway
+        return fn(*args, **kwargs)
+    rng = torch.get_rng_state() if preserve_rng_state else None
+    autocast = _autocast_state()
+    recomputed = []  # what the recompute saved, in order: filled by the first unpack
+    packed = 0
+
+    def pack(tensor):
+        nonlocal packed
+        packed += 1
+        return packed - 1  # an index: the tensor itself is not kept
+
+    def unpack(index):
+        if not recomputed:
+            _recompute(fn, args, kwargs, rng, autocast, recomputed)
+        return recomputed[index]
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        return fn(*args, **kwargs)

@@ -83,3 +83,45 @@ def count_parameters(model: nn.Module):
     trainable = sum(p.numel() for p in params if p.requires_grad)
     total = sum(p.numel() for p in params)
     return trainable, total
+
+
+# Exercise 1.5: DoRA, from LoRALinear ---------------------------------------------------------------
+class DoRALinear(LoRALinear):
+    """DoRA (Liu et al. 2024): LoRA on the direction of W, and a trainable magnitude per output row.
+    y = (m / n) (W x + s B A x) + bias, with n = ||W + s B A|| per row, a constant for backward."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__(base, rank, alpha, dropout)
+        # m starts at the row norms of W: with B = 0, m / n = 1 and the layer is exactly base(x).
+        self.magnitude = nn.Parameter(base.weight.detach().norm(dim=1))
+        self.merged_norm = None  # n of the unmerged weight, kept while merged: unmerge cannot recompute it
+
+    def weight_norm(self) -> torch.Tensor:
+        # Detached: the paper (section 4.3) treats the norm as a constant, which saves memory in backward.
+        return (self.base.weight + self.delta_weight()).norm(dim=1).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        factor = self.magnitude / self.weight_norm()
+        # One dropout mask for the direction term and the LoRA branch (PEFT's convention); the base keeps x.
+        # Without dropout: y + (factor - 1) W x + factor s B A x = factor (W x + s B A x) + bias.
+        x_drop = self.dropout(x)
+        lora = F.linear(F.linear(x_drop, self.lora_A), self.lora_B) * self.scaling
+        return y + (factor - 1) * F.linear(x_drop, self.base.weight) + factor * lora
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.merged_norm = self.weight_norm()
+            factor = (self.magnitude / self.merged_norm).unsqueeze(1)  # one per output row
+            self.base.weight.copy_(factor * (self.base.weight + self.delta_weight()))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            factor = (self.magnitude / self.merged_norm).unsqueeze(1)
+            self.base.weight.copy_(self.base.weight / factor - self.delta_weight())
+            self.merged = False

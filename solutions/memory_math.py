@@ -52,3 +52,29 @@ def activation_bytes(seq_len, batch_size, hidden_size, n_heads, n_layers, recomp
     else:
         raise ValueError(f"unknown recompute {recompute!r}; choose from {', '.join(RECOMPUTE)}")
     return int(per_layer * n_layers)
+
+
+# Exercise 0.4: the optimizer step's temporaries -----------------------------------------------------
+# Measured with efftrain_lib.meter.profiler_peak_bytes(optimizer.step) on a later step (the state exists).
+STEP_OPTIMIZERS = {"adam": True, "adamw": True, "sgd": False, "sgd_momentum": False}  # makes sqrt(v)?
+IMPLEMENTATIONS = ("foreach", "for-loop", "fused")
+
+
+def optimizer_step_temporaries(optimizer, impl, trainable_numels, state_bytes) -> int:
+    if optimizer not in STEP_OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose from {', '.join(STEP_OPTIMIZERS)}")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown impl {impl!r}; choose from {', '.join(IMPLEMENTATIONS)}")
+    _positive("state_bytes", state_bytes)
+    numels = list(trainable_numels)
+    for n in numels:
+        _positive("every element count", n)
+    # SGD (momentum too) updates in place; fused does Adam's whole update in one kernel per parameter.
+    if not STEP_OPTIMIZERS[optimizer] or impl == "fused" or not numels:
+        return 0
+    if impl == "foreach":
+        return sum(numels) * state_bytes  # torch._foreach_sqrt(v): a new tensor per parameter, all alive at once
+    # for-loop, parameter i: sqrt(v_i) and its division by the bias correction are alive together, and the
+    # previous parameter's result (`denom`, a local not yet reassigned) is still alive: 2 n_i + n_(i-1).
+    previous = [0] + numels[:-1]
+    return max(2 * n + before for n, before in zip(numels, previous)) * state_bytes

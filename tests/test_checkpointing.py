@@ -23,6 +23,7 @@ from efftrain_lib.checkpointing import (
     POLICIES,
     attention_block,
     checkpoint,
+    checkpoint_non_reentrant,
     checkpoint_sequential,
     checkpointing_plan,
     disable_checkpointing,
@@ -283,6 +284,41 @@ def test_autograd_grad_through_a_checkpoint_is_refused_clearly():
     x = torch.randn(2, 4, requires_grad=True)
     with pytest.raises(RuntimeError, match="autograd.grad"):
         torch.autograd.grad(checkpoint(lin, x).sum(), x)
+
+
+def test_non_reentrant_reaches_parameters_with_autograd_grad_fires_hooks_once_and_retains_the_graph():
+    # Exercise 2.3's API: the graph is recorded in the forward, only the saved tensors are recomputed.
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4)
+    x = torch.randn(2, 4, requires_grad=True)
+    direct = torch.autograd.grad(lin(x).pow(2).sum() + (x @ lin.weight.T).sum(), [lin.weight, x])
+    calls = []
+    lin.weight.register_hook(calls.append)
+    loss = checkpoint_non_reentrant(lin, x).pow(2).sum() + (x @ lin.weight.T).sum()
+    got = torch.autograd.grad(loss, [lin.weight, x], retain_graph=True)
+    assert all(torch.allclose(g, d, atol=1e-6) for g, d in zip(got, direct)) and len(calls) == 1
+    again = torch.autograd.grad(loss, [lin.weight, x])  # retain_graph: the recomputed tensors are still there
+    assert all(torch.equal(a, g) for a, g in zip(again, got))
+    frozen_lin = nn.Linear(4, 4)
+    checkpoint_non_reentrant(frozen_lin, torch.randn(2, 4)).sum().backward()  # no anchor needed
+    assert frozen_lin.weight.grad is not None
+
+
+def test_non_reentrant_refuses_a_changed_input_and_a_recompute_that_saves_other_tensors():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4)
+    x, frozen = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4)
+    out = checkpoint_non_reentrant(_frozen_scaled(lin), x, frozen=frozen)
+    with pytest.raises(RuntimeError, match=r"changed its tensor input in place.*keyword argument 'frozen'"):
+        out.sum().backward()
+    runs = []
+
+    def changes_between_runs(t):
+        runs.append(1)
+        return t.exp() if len(runs) == 1 else t * 2  # exp saves its output; the second run saves nothing
+
+    with pytest.raises(RuntimeError, match="recompute saved 0 tensors for backward where the forward saved 1"):
+        checkpoint_non_reentrant(changes_between_runs, x).sum().backward()
 
 
 @pytest.mark.parametrize("bad, match", [(None, "callable"), (3, "callable"), ("f", "callable")])

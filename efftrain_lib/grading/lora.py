@@ -1,9 +1,11 @@
-"""Graders for Chapter 1 (LoRA): exercises 1.1-1.4 in <impl>/lora.py.
+"""Graders for Chapter 1 (LoRA): exercises 1.1-1.5 in <impl>/lora.py.
 
 Behaviour only, through the exercise API (LoRALinear(base, rank, alpha, dropout) with base / lora_A /
-lora_B / scaling / merge / unmerge, apply_lora, count_parameters), so any correct implementation
-passes. The reference is PEFT's own LoRA layer (peft.tuners.lora.Linear, peft 0.21.2) with the same
-A and B copied in, and PEFT's own target-name matching (check_target_module_exists).
+lora_B / scaling / merge / unmerge, apply_lora, count_parameters, DoRALinear with magnitude), so any correct
+implementation passes. The reference is PEFT's own LoRA layer (peft.tuners.lora.Linear, peft 0.21.2) with
+the same A and B copied in, its DoRA (use_dora=True), and PEFT's own target-name matching
+(check_target_module_exists). Each exercise has a check of its options together (lora_support.py: every
+combination, a failure names it); the 1.5 checks live in lora_dora.py, registered here after 1.4.
 
 Tolerances (float32, tiny shapes; the same operations in a different order differ by ~1e-7):
   outputs vs PEFT / vs base                 max |diff| <= 1e-5
@@ -21,11 +23,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from efftrain_lib.grading import Checks, failed, passed
-from efftrain_lib.grading.lora_support import (
-    _apply, _base, _compare_targets, _count, _diagnose_forward, _diagnose_merge, _frozen_check, _lora,
-    _MATCHING, _matching_failure, _maxdiff, _merge_setup, _MERGE_SHAPES, _names, _NON_LINEAR, _pair,
-    _peft_targets, _random_AB, _scaling_name, _set_AB, _t, _wrapped, ALPHA, ATOL, EXACT, GRAD_ATOL, GRAD_RTOL,
-    IN, OUT, RANK, SCALING, TinyModel,
+from efftrain_lib.grading.lora_dora import (  # noqa: F401 - registered below, by name
+    DORA_CHECKS, dora_dropout_like_peft, dora_forward_matches_peft, dora_gradients_match_peft,
+    dora_magnitude_starts_at_row_norms, dora_merge_and_unmerge_match_peft, dora_options_together,
+)
+from efftrain_lib.grading.lora_support import (  # noqa: F401 - prepare: the harness imports PEFT once with it
+    _apply, _base, _compare_targets, _count, _count_hint, _diagnose_forward, _dropout_drops_branch_inputs,
+    _diagnose_merge, _frozen_check, _lora, _MATCHING, _matching_failure, _maxdiff, _merge_setup, _MERGE_SHAPES,
+    _names, _NON_LINEAR, _pair, _peft_targets, _random_AB, _scaling_name, _set_AB, _t, _wrapped, ALPHA, ATOL, EXACT,
+    GRAD_ATOL, GRAD_RTOL, IN, OUT, RANK, SCALING, TinyModel, apply_lora_together, count_together, layers_together,
+    prepare,
 )
 
 EXERCISES = {
@@ -33,6 +40,7 @@ EXERCISES = {
     "1.2": "merge and unmerge",
     "1.3": "apply_lora",
     "1.4": "count_parameters",
+    "1.5": "DoRALinear, from LoRALinear",
 }
 CHECKS = Checks()
 
@@ -230,37 +238,7 @@ def dropout_leaves_base_path_alone(impl):
 @CHECKS.add("1.1", "dropout drops the LoRA branch's inputs in train mode",
             hint="apply nn.Dropout(p) to x on the LoRA branch: base(x) + B(A(dropout(x))) * scaling")
 def dropout_drops_lora_inputs_in_train_mode(impl):
-    p = 0.5
-    base = _base()
-    layer = _lora(impl, copy.deepcopy(base), dropout=p)
-    no_dropout = _lora(impl, copy.deepcopy(base), dropout=0.0)
-    A, B = _random_AB()
-    _set_AB(layer, A, B)
-    _set_AB(no_dropout, A, B)
-    # One-hot rows: dropout on x keeps or zeros the row's single entry, so each row's LoRA
-    # contribution is either 0 or 1/(1-p) times the clean one. Anything else is the wrong place.
-    x = torch.eye(IN).repeat(20, 1) * 1.5
-    with torch.no_grad():
-        # The learner's own branch without dropout, so a wrong scaling (another check) is not blamed here.
-        clean = no_dropout(x) - base(x)
-        layer.train()
-        delta = layer(x) - base(x)
-    zero = (delta.abs().max(dim=1).values <= ATOL)
-    kept = ((delta - clean / (1 - p)).abs().max(dim=1).values <= ATOL)
-    n = x.shape[0]
-    if zero.sum() == 0 and (delta - clean).abs().max() <= ATOL:
-        return failed("train mode with dropout=0.5: the LoRA branch is never dropped",
-                      "dropout is never applied: keep nn.Dropout(dropout) and apply it to x on the LoRA branch")
-    if not bool((zero | kept).all()):
-        bad = int((~(zero | kept)).sum())
-        return failed(f"{bad}/{n} one-hot rows give a LoRA contribution that is neither 0 nor clean/(1-p)",
-                      "dropout must act on the LoRA branch's input x (inverted dropout, as nn.Dropout), "
-                      "not on A x, not on the branch's output")
-    frac = zero.float().mean().item()
-    if not 0.3 <= frac <= 0.7:
-        return failed(f"{frac:.0%} of inputs dropped with dropout=0.5",
-                      "the dropout probability must be the `dropout` argument")
-    return passed(f"{frac:.0%} of one-hot inputs dropped (p=0.5), the rest scaled by 1/(1-p)")
+    return _dropout_drops_branch_inputs(impl)
 
 
 @CHECKS.add("1.1", "no dropout in eval mode",
@@ -363,6 +341,13 @@ def unmerge_restores_weight_and_output(impl):
             return failed(f"{in_f}->{out_f}: weight restored but the output differs by {d_out:.2e}",
                           "after unmerge() forward must add the LoRA branch again (reset your merged flag)")
     return passed(f"max |W - W0| {worst:.1e} after merge(); unmerge(), output restored")
+
+
+@CHECKS.add("1.2", "every bias, train and eval mode, dropout and merge state together (vs PEFT)",
+            hint="each option must survive the others: the bias frozen when there is one, dropout on the branch "
+                 "in train mode only, the merged flag honoured in every mode")
+def lora_layer_options_together(impl):
+    return layers_together(impl, dora=False)
 
 
 # ------------------------------------------------------------------ Exercise 1.3: apply_lora --
@@ -528,6 +513,13 @@ def passes_rank_alpha_dropout_to_each_layer(impl):
     return passed(f"rank {rank}, scaling {direct:g} as LoRALinear's, dropout active in train mode")
 
 
+@CHECKS.add("1.3", "target kinds, rank, alpha and dropout together (layers with and without a bias)",
+            hint="wrap what PEFT wraps, pass rank, alpha and dropout on, freeze everything but lora_A / lora_B, "
+                 "whatever the targets' layers look like")
+def apply_lora_options_together(impl):
+    return apply_lora_together(impl)
+
+
 # ------------------------------------------------------------ Exercise 1.4: count_parameters --
 @CHECKS.add("1.4", "counts a plain model, biases included",
             hint="return (trainable, total): sums of p.numel() over model.parameters()")
@@ -549,15 +541,7 @@ def frozen_parameters_not_trainable(impl):
     model[0].weight.requires_grad_(False)  # 50 frozen: trainable 5 + 15 = 20, total 70
     got = _count(impl, model)
     if got != (20, 70):
-        if got == (70, 70):
-            hint = "frozen parameters counted as trainable: count only p.requires_grad for the trainable figure"
-        elif got == (70, 20):
-            hint = "the order is (trainable, total), not (total, trainable)"
-        elif got == (20, 20):
-            hint = "total counts every parameter, frozen ones included"
-        else:
-            hint = "trainable: sum(p.numel() for p in params if p.requires_grad); total: every p.numel()"
-        return failed(f"got {got}; expected (20, 70) with 50 of 70 parameters frozen", hint)
+        return failed(f"got {got}; expected (20, 70) with 50 of 70 parameters frozen", _count_hint(got))
     return passed("(20, 70)")
 
 
@@ -573,3 +557,15 @@ def tied_parameters_counted_once(impl):
                 "over modules)") if 80 in got else "iterate model.parameters(): it yields a shared tensor once"
         return failed(f"got {got}; expected (40, 40) for an Embedding(10,4) tied to the output layer", hint)
     return passed("(40, 40)")
+
+
+@CHECKS.add("1.4", "tied and frozen weights together",
+            hint="iterate model.parameters() once for both counts: it yields a shared tensor once, frozen or not")
+def count_tied_and_frozen_together(impl):
+    return count_together(impl)
+
+
+# ------------------------------------------------------------- Exercise 1.5: DoRA, from LoRA --
+# In their own module (this one would pass 600 lines), registered here in order; imported above by name.
+for _extra in DORA_CHECKS:
+    CHECKS.add(_extra.exercise, _extra.name, _extra.hint)(_extra.func)

@@ -1,122 +1,49 @@
-"""Graders for Chapter 0 (memory anatomy): exercises 0.1-0.3 in <impl>/memory_math.py.
+"""Graders for Chapter 0 (memory anatomy): exercises 0.1-0.4 in <impl>/memory_math.py.
 
 Numeric answers, checked exactly (the results are integers of bytes or parameters; a float within
 0.5 of the answer is accepted, an int is then required by its own check). Every failing check runs a
 few probes through the learner's function and compares them with a catalog of classic mistakes
 (Adam counted as one state, master weights forgotten, LoRA counted as d*k*r, ...): when the outputs
-match one of them on every probe, the hint names it.
+match one of them on every probe, the hint names it. Each exercise also has a check of its options
+together (every combination: code that handles an option alone but drops it in company fails it, and
+the message names the combination; efftrain_lib/grading/combinations.py).
 
 References: training memory = params x (weight + grad + 4 x optimizer states + 4 if master copy)
 (REFERENCE.md, "Memory anatomy": 16 bytes/param for fp32 Adam, EleutherAI's 16 for mixed precision
 with a master copy); LoRA: (out + in) x r per layer (Hu et al. 2021); activations per layer
-sbh(34 + 5as/h), 34sbh selective, 2sbh full (Korthikanti et al. 2022).
+sbh(34 + 5as/h), 34sbh selective, 2sbh full (Korthikanti et al. 2022). Exercise 0.4 has no formula to
+compare with: its reference is torch.profiler's measurement of a real torch.optim step on this machine
+(the answer may be up to 16 bytes below it: the step counters), measured once in prepare().
 """
 
 from __future__ import annotations
 
-import math
-
 from efftrain_lib.grading import Checks, failed, passed
+from efftrain_lib.grading.combinations import TOGETHER_HINT, product, where_wrong
+from efftrain_lib.grading.memory_math_support import (
+    _ACT_SMALL, _LORA_MIXED, ACT_MISTAKES, NUMEL_LISTS, STATE_MISTAKES, STATES, STEP_SCALARS,
+    _call_states, _check_act, _check_lora, _check_states, _close, _describe_states, _diagnose, _fmt,
+    _korthikanti, _lora_truth, _raises_value_error, _truth_states, call_step, describe_step,
+    measure_every_step_configuration, measured_step_temporaries, name_step_mistake, step_configurations,
+    step_within,
+)
 
 EXERCISES = {
     "0.1": "training_memory_bytes",
     "0.2": "lora_trainable_params",
     "0.3": "activation_bytes (Korthikanti)",
+    "0.4": "optimizer_step_temporaries (measured by torch.profiler)",
 }
 CHECKS = Checks()
 
+
+def prepare() -> None:
+    """Measure every optimizer step the 0.4 checks compare with (torch.profiler: about 3 s the first time in
+    a process, for its own start), once, before the timed checks."""
+    measure_every_step_configuration()
+
+
 # ------------------------------------------------------------------------ 0.1: model states --
-STATES = {"adam": 2, "sgd_momentum": 1, "sgd": 0}
-
-
-def _states_model(n, w, g, opt, master, *, states=None, grads=True, master_on=None, state_bytes=None,
-                  master_bytes=None, per_param=False, divisor=1):
-    s = (states or STATES)[opt]
-    use_master = master if master_on is None else master_on
-    per = w + (g if grads else 0) + s * (state_bytes or (lambda w: 4))(w) + (
-        (master_bytes or (lambda w: 4))(w) if use_master else 0)
-    return (per if per_param else n * per) / divisor
-
-
-def _truth_states(n, w, g, opt, master):
-    return _states_model(n, w, g, opt, master)
-
-
-STATE_MISTAKES = {
-    "Adam counted as one state: Adam keeps two fp32 states per parameter (m and v), 8 bytes":
-        lambda *a: _states_model(*a, states={**STATES, "adam": 1}),
-    "gradients forgotten: every trainable parameter has a gradient of grad_bytes":
-        lambda *a: _states_model(*a, grads=False),
-    "master weights forgotten: master_weights=True adds a 4-byte fp32 copy of every weight":
-        lambda *a: _states_model(*a, master_on=False),
-    "master copy added although master_weights=False":
-        lambda *a: _states_model(*a, master_on=True),
-    "optimizer state counted in the weights' dtype: optimizer state is fp32 (4 bytes per element)":
-        lambda *a: _states_model(*a, state_bytes=lambda w: w),
-    "master copy counted in the weights' dtype: the master copy is fp32 (4 bytes)":
-        lambda *a: _states_model(*a, master_bytes=lambda w: w),
-    "momentum buffer forgotten: SGD with momentum keeps one fp32 state":
-        lambda *a: _states_model(*a, states={**STATES, "sgd_momentum": 0}),
-    "SGD with momentum counted as two states: it keeps one (the momentum buffer)":
-        lambda *a: _states_model(*a, states={**STATES, "sgd_momentum": 2}),
-    "plain SGD given a state: SGD without momentum keeps none":
-        lambda *a: _states_model(*a, states={**STATES, "sgd": 1}),
-    "bytes per parameter returned: multiply by num_params":
-        lambda *a: _states_model(*a, per_param=True),
-    "gigabytes returned: return bytes (no division by 1e9)":
-        lambda *a: _states_model(*a, divisor=1e9),
-    "GiB returned: return bytes (no division by 2**30)":
-        lambda *a: _states_model(*a, divisor=2**30),
-}
-
-
-def _close(value, expected) -> bool:
-    try:
-        return abs(float(value) - float(expected)) <= 0.5 + 1e-12 * abs(float(expected))
-    except (TypeError, ValueError, OverflowError):
-        return False
-
-
-def _diagnose(outputs: list, probes: list, mistakes: dict, truth) -> str | None:
-    """The mistake whose predictions equal the learner's outputs on every probe, if one does."""
-    for name, model in mistakes.items():
-        predicted = [model(*p) for p in probes]
-        if all(_close(o, m) for o, m in zip(outputs, predicted)) and \
-                any(not _close(m, truth(*p)) for m, p in zip(predicted, probes)):
-            return name
-    return None
-
-
-def _call_states(impl, n, w, g, opt, master):
-    return impl.training_memory_bytes(n, weight_bytes=w, grad_bytes=g, optimizer=opt, master_weights=master)
-
-
-def _check_states(impl, probes, what: str, default_hint: str):
-    """Pass/fail on `probes`; on failure, name the mistake from `probes` plus the disambiguating ones."""
-    outputs = [_call_states(impl, *p) for p in probes]
-    for p, out in zip(probes, outputs):
-        expected = _truth_states(*p)
-        if not _close(out, expected):
-            n, w, g, opt, master = p
-            detail = (f"training_memory_bytes({n:,}, weight_bytes={w}, grad_bytes={g}, optimizer={opt!r}, "
-                      f"master_weights={master}) = {_fmt(out)}; expected {int(expected):,} "
-                      f"({int(expected) // n} bytes/param)")
-            extra = [_call_states(impl, *q) for q in _DISAMBIGUATE]
-            mistake = _diagnose(outputs + extra, probes + _DISAMBIGUATE, STATE_MISTAKES, _truth_states)
-            return failed(detail, mistake or default_hint)
-    return passed(what)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return f"{value:,.6g}" if isinstance(value, float) else f"{value:,}"
-    return repr(value)
-
-
-# Extra probes for naming a mistake (not for pass/fail): grad_bytes != weight_bytes != 4 tells
-# "Adam counted as one state" from "gradients forgotten", and so on.
-_DISAMBIGUATE = [(1000, 4, 2, "adam", False), (1000, 2, 2, "sgd_momentum", True), (1000, 2, 2, "sgd", False)]
-
 
 @CHECKS.add("0.1", "fp32 Adam: 16 bytes per parameter (7B -> 112 GB)",
             hint="weights 4 + gradients 4 + Adam m and v 2 x 4 = 16 bytes per parameter")
@@ -159,21 +86,6 @@ def training_memory_returns_int_bytes(impl):
     return passed(f"{out:,} (int)")
 
 
-def _raises_value_error(fn, *args, words=(), **kwargs) -> str | None:
-    """None if fn(...) raises ValueError mentioning one of `words`; else what happened."""
-    try:
-        result = fn(*args, **kwargs)
-    except ValueError as exc:
-        message = str(exc)
-        if words and not any(w.lower() in message.lower() for w in words):
-            return f"ValueError({message!r}) does not say what is wrong (mention {' or '.join(map(repr, words))})"
-        return None
-    except NotImplementedError:
-        raise  # a stub: the harness reports it as not implemented yet
-    except Exception as exc:  # noqa: BLE001 - reported
-        return f"raised {type(exc).__name__}: {exc} instead of ValueError"
-    return f"returned {_fmt(result)} instead of raising ValueError"
-
 
 @CHECKS.add("0.1", "bad input raises a clear ValueError",
             hint="raise ValueError for num_params/weight_bytes/grad_bytes <= 0 and for an unknown optimizer")
@@ -195,49 +107,23 @@ def training_memory_bad_input_raises_value_error(impl):
     return passed("ValueError for non-positive sizes and an unknown optimizer name")
 
 
+@CHECKS.add("0.1", "every optimizer, with and without a master copy, with fp32 and 16-bit weights and gradients",
+            hint="weights + gradients + 4 bytes per fp32 optimizer state + 4 for a master copy, in every combination")
+def training_memory_options_together(impl):
+    combos = product({"optimizer": list(STATES), "master_weights": [False, True], "weight_bytes": [4, 2],
+                      "grad_bytes": [4, 2]})
+    probes = [(1000, c["weight_bytes"], c["grad_bytes"], c["optimizer"], c["master_weights"]) for c in combos]
+    outputs = [_call_states(impl, *p) for p in probes]
+    wrong = [i for i, (p, out) in enumerate(zip(probes, outputs)) if not _close(out, _truth_states(*p))]
+    if not wrong:
+        return passed(f"all {len(combos)} combinations of optimizer, master_weights, weight_bytes and grad_bytes")
+    where = where_wrong([combos[i] for i in wrong], [c for i, c in enumerate(combos) if i not in wrong])
+    mistake = _diagnose(outputs, probes, STATE_MISTAKES, _truth_states)
+    return failed(f"{_describe_states(probes[wrong[0]], outputs[wrong[0]])}; {where}",
+                  mistake or TOGETHER_HINT)
+
+
 # ------------------------------------------------------------------------------- 0.2: LoRA --
-def _lora_truth(shapes, r):
-    return sum((o + i) * r for o, i in shapes)
-
-
-LORA_MISTAKES = {
-    "LoRA counted as d*k*r: a rank-r LoRA adds A (r x in) and B (out x r), (d + k) * r parameters":
-        lambda shapes, r: sum(o * i * r for o, i in shapes),
-    "the full matrix d*k counted: LoRA trains only A and B, (d + k) * r":
-        lambda shapes, r: sum(o * i for o, i in shapes),
-    "only A counted (r x in_features): B (out_features x r) trains too":
-        lambda shapes, r: sum(r * i for o, i in shapes),
-    "only B counted (out_features x r): A (r x in_features) trains too":
-        lambda shapes, r: sum(o * r for o, i in shapes),
-    "assumed a square layer (2 * out_features * r): A is r x in_features, B is out_features x r":
-        lambda shapes, r: sum(2 * o * r for o, i in shapes),
-    "assumed a square layer (2 * in_features * r): A is r x in_features, B is out_features x r":
-        lambda shapes, r: sum(2 * i * r for o, i in shapes),
-    "rank forgotten: (d + k) * r, not d + k":
-        lambda shapes, r: sum(o + i for o, i in shapes),
-    "only the first layer counted: sum over every layer in shapes":
-        lambda shapes, r: (shapes[0][0] + shapes[0][1]) * r,
-    "only the last layer counted: sum over every layer in shapes":
-        lambda shapes, r: (shapes[-1][0] + shapes[-1][1]) * r,
-    "A and B counted twice: (d + k) * r in total, once":
-        lambda shapes, r: 2 * sum((o + i) * r for o, i in shapes),
-}
-
-
-def _check_lora(impl, probes, what, default_hint):
-    outputs = [impl.lora_trainable_params(list(shapes), r) for shapes, r in probes]
-    for (shapes, r), out in zip(probes, outputs):
-        expected = _lora_truth(shapes, r)
-        if not _close(out, expected):
-            shown = shapes if len(shapes) <= 3 else f"{len(shapes)} layers like {shapes[0]}"
-            mistake = _diagnose(outputs, probes, LORA_MISTAKES, _lora_truth)
-            return failed(f"lora_trainable_params({shown}, rank={r}) = {_fmt(out)}; expected {expected:,}",
-                          mistake or default_hint)
-    return passed(what)
-
-
-_LORA_MIXED = ([(64, 64), (172, 64), (64, 172)], 4)
-
 
 @CHECKS.add("0.2", "one square layer: (d + k) * r", hint="A: r x in_features, B: out_features x r")
 def lora_params_of_one_square_layer(impl):
@@ -300,47 +186,51 @@ def lora_params_bad_rank_or_sizes_raise_value_error(impl):
     return passed("ValueError for rank > min(out, in) on any layer, rank <= 0 and empty layers")
 
 
+_LAYER_KINDS = {"square": (8, 8), "tall (out > in)": (12, 4), "wide (in > out)": (4, 12)}
+
+
+@CHECKS.add("0.2", "ranks up to and past the limit on square, tall and wide layers, alone and among others",
+            hint="rank may be anything from 1 to min(out_features, in_features) of every layer; one more is a "
+                 "ValueError")
+def lora_params_ranks_and_layer_shapes_together(impl):
+    combos = product({"layer": list(_LAYER_KINDS), "rank": ["1", "the limit", "the limit + 1"],
+                      "position": ["alone", "after a 64 x 64 layer"]})
+    wrong, problems = [], []
+    for combo in combos:
+        shape = _LAYER_KINDS[combo["layer"]]
+        rank = {"1": 1, "the limit": min(shape), "the limit + 1": min(shape) + 1}[combo["rank"]]
+        shapes = [shape] if combo["position"] == "alone" else [(64, 64), shape]
+        call = f"lora_trainable_params({shapes}, rank={rank})"
+        if combo["rank"] == "the limit + 1":
+            problem = _raises_value_error(impl.lora_trainable_params, shapes, rank, words=("rank",))
+            problem = problem and f"{call}: {problem}"
+        else:
+            try:
+                out = impl.lora_trainable_params(shapes, rank)
+            except ValueError as exc:
+                out = f"ValueError({exc})"
+            problem = None if _close(out, _lora_truth(shapes, rank)) else \
+                f"{call} = {out if isinstance(out, str) else _fmt(out)}; expected {_lora_truth(shapes, rank):,}"
+        if problem:
+            wrong.append(combo)
+            problems.append(problem)
+    if not wrong:
+        return passed(f"all {len(combos)} combinations: counted up to min(out, in), ValueError one past it")
+    passing = [c for c in combos if c not in wrong]
+    where = where_wrong(wrong, passing)
+    hint = "rank may be anything from 1 to min(out_features, in_features) of every layer; one more is a ValueError"
+    if all(c["rank"] == "the limit + 1" for c in wrong):
+        kinds = {c["layer"] for c in wrong}
+        if kinds == {"wide (in > out)"}:
+            hint = ("rank bound checked against in_features only: a wide layer (in > out) allows at most "
+                    "out_features; check rank > min(out_features, in_features)")
+        elif kinds == {"tall (out > in)"}:
+            hint = ("rank bound checked against out_features only: a tall layer (out > in) allows at most "
+                    "in_features; check rank > min(out_features, in_features)")
+    return failed(f"{problems[0]}; {where}", hint)
+
+
 # ------------------------------------------------------------------------ 0.3: activations --
-def _korthikanti(s, b, h, a, layers, recompute="none"):
-    if recompute == "none":
-        per_layer = 34 * s * b * h + 5 * a * s * s * b
-    elif recompute == "selective":
-        per_layer = 34 * s * b * h
-    else:
-        per_layer = 2 * s * b * h
-    return per_layer * layers
-
-
-ACT_MISTAKES = {
-    "n_layers forgotten: the formula is per layer, multiply by n_layers":
-        lambda s, b, h, a, n, rc="none": _korthikanti(s, b, h, a, 1, rc),
-    "the 5as/h term dropped: without recomputation the attention scores, softmax and dropout mask "
-    "(5 a s^2 b bytes per layer) are kept":
-        lambda s, b, h, a, n, rc="none": _korthikanti(s, b, h, a, n, "selective" if rc == "none" else rc),
-    "heads forgotten in the attention term: it is 5 * a * s / h":
-        lambda s, b, h, a, n, rc="none": _korthikanti(s, b, h, 1, n, rc),
-    "s instead of s^2 in the attention term: sbh * 5as/h = 5 a s^2 b":
-        lambda s, b, h, a, n, rc="none": (34 * s * b * h + 5 * a * s * b) * n if rc == "none" else _korthikanti(s, b, h, a, n, rc),
-    "counted in fp32: the formula is already in bytes for 16-bit activations (do not multiply by 2 or 4)":
-        lambda s, b, h, a, n, rc="none": 2 * _korthikanti(s, b, h, a, n, rc),
-}
-
-
-def _check_act(impl, probes, what, default_hint):
-    outputs = [impl.activation_bytes(*p) for p in probes]
-    for p, out in zip(probes, outputs):
-        expected = _korthikanti(*p)
-        if not _close(out, expected):
-            s, b, h, a, n = p[:5]
-            rc = p[5] if len(p) > 5 else "none"
-            mistake = _diagnose(outputs, probes, ACT_MISTAKES, _korthikanti)
-            return failed(f"activation_bytes(s={s}, b={b}, h={h}, a={a}, n_layers={n}, recompute={rc!r}) = "
-                          f"{_fmt(out)}; expected {expected:,}", mistake or default_hint)
-    return passed(what)
-
-
-_ACT_SMALL = (100, 3, 96, 7, 2)  # 5as/h is not an integer here: compute in a way that keeps the exact total
-
 
 @CHECKS.add("0.3", "no recomputation: sbh(34 + 5as/h) per layer (7B, s=2048: 30.6 GB)",
             hint="per layer s*b*h*(34 + 5*a*s/h), times n_layers")
@@ -378,3 +268,102 @@ def activations_returns_int_and_rejects_bad_input(impl):
             return failed(f"{label}: {problem}", "raise ValueError naming the bad argument: sizes must be "
                                                  "positive, recompute one of 'none', 'selective', 'full'")
     return passed(f"{out:,} (int); ValueError for bad sizes and names")
+
+
+@CHECKS.add("0.3", "every recompute with one or many layers, batch 1 or more, and 5as/h whole or not",
+            hint="per layer s*b*h*(34 + 5*a*s/h), 34*s*b*h or 2*s*b*h, times n_layers, rounded once at the end")
+def activations_options_together(impl):
+    s, h = 96, 64  # 5as/h = 30 with 4 heads, 52.5 with 7
+    combos = product({"recompute": ["none", "selective", "full"], "batch_size": [1, 3], "n_layers": [1, 4],
+                      "n_heads": [4, 7]})
+    probes = [(s, c["batch_size"], h, c["n_heads"], c["n_layers"], c["recompute"]) for c in combos]
+    outputs = [impl.activation_bytes(*p) for p in probes]
+    wrong = [i for i, (p, out) in enumerate(zip(probes, outputs)) if not _close(out, _korthikanti(*p))]
+    if not wrong:
+        return passed(f"all {len(combos)} combinations of recompute, batch_size, n_layers and n_heads")
+    s_, b, h_, a, n, rc = probes[wrong[0]]
+    where = where_wrong([combos[i] for i in wrong], [c for i, c in enumerate(combos) if i not in wrong])
+    mistake = _diagnose(outputs, probes, ACT_MISTAKES, _korthikanti)
+    return failed(f"activation_bytes(s={s_}, b={b}, h={h_}, a={a}, n_layers={n}, recompute={rc!r}) = "
+                  f"{_fmt(outputs[wrong[0]])}; expected {_korthikanti(*probes[wrong[0]]):,}; {where}",
+                  mistake or TOGETHER_HINT)
+
+
+# ------------------------------------------------------ 0.4: the optimizer step's temporaries --
+def _check_step(impl, configs, what: str, default_hint: str, *, together: bool = False):
+    """Pass when every answer is within STEP_SCALARS below torch.profiler's measurement; else report the
+    first miss, what the misses share (when `together`) and the classic mistake the answers follow."""
+    answers = [call_step(impl, *c) for c in configs]
+    misses = [i for i, (c, a) in enumerate(zip(configs, answers)) if not step_within(a, measured_step_temporaries(*c))]
+    if not misses:
+        return passed(what)
+    first, answer = configs[misses[0]], answers[misses[0]]
+    shown = f"raised {type(answer).__name__}: {answer}" if isinstance(answer, Exception) else f"= {_fmt(answer)}"
+    detail = (f"{describe_step(*first)} {shown}; torch.profiler measured {measured_step_temporaries(*first):,} "
+              f"bytes in that step (the answer may be up to {STEP_SCALARS} below: the step counters)")
+    if together:
+        combos = [dict(optimizer=o, impl=i, numels=list(n), state_bytes=b) for o, i, n, b in configs]
+        detail += "; " + where_wrong([combos[i] for i in misses], [c for i, c in enumerate(combos) if i not in misses])
+    return failed(detail, name_step_mistake(impl) or default_hint)
+
+
+@CHECKS.add("0.4", "Adam and AdamW, foreach: what torch.profiler measures",
+            hint="foreach computes sqrt(v) for every parameter at once: all those temporaries are alive together")
+def step_temporaries_of_adam_foreach(impl):
+    configs = [("adam", "foreach", n, 4) for n in NUMEL_LISTS] + [("adamw", "foreach", NUMEL_LISTS[1], 4)]
+    return _check_step(impl, configs, "Adam(foreach=True) and AdamW: equal to the profiler's peak",
+                       "foreach computes sqrt(v) for every parameter at once: all those temporaries are alive "
+                       "together")
+
+
+@CHECKS.add("0.4", "Adam, for-loop: what torch.profiler measures",
+            hint="the for-loop updates one parameter at a time: find which temporaries are alive together, and "
+                 "whether anything of the previous parameter still is")
+def step_temporaries_of_adam_for_loop(impl):
+    configs = [("adam", "for-loop", n, 4) for n in NUMEL_LISTS]
+    return _check_step(impl, configs, "Adam(foreach=False): equal to the profiler's peak on 3 parameter lists",
+                       "the for-loop updates one parameter at a time: find which temporaries are alive together, "
+                       "and whether anything of the previous parameter still is (measure with profiler_peak_bytes)")
+
+
+@CHECKS.add("0.4", "fused Adam and SGD: what torch.profiler measures",
+            hint="fused=True and SGD (with or without momentum) update in place: nothing beyond the state")
+def step_temporaries_of_fused_adam_and_sgd(impl):
+    numels = NUMEL_LISTS[1]
+    configs = [("adam", "fused", numels, 4)] + [(o, i, numels, 4) for o in ("sgd", "sgd_momentum")
+                                                for i in ("foreach", "for-loop", "fused")]
+    return _check_step(impl, configs, "fused Adam, SGD and SGD with momentum: no temporaries, as measured",
+                       "fused=True and SGD (with or without momentum) update in place: nothing beyond the state")
+
+
+@CHECKS.add("0.4", "every optimizer, implementation, state dtype and parameter list together (torch.profiler)",
+            hint="each implementation's rule holds for every optimizer, and its temporaries have the state's dtype")
+def step_temporaries_options_together(impl):
+    configs = step_configurations()
+    return _check_step(impl, configs, f"all {len(configs)} combinations equal to the profiler's peak",
+                       TOGETHER_HINT,
+                       together=True)
+
+
+@CHECKS.add("0.4", "returns an int; unknown names and non-positive sizes raise ValueError",
+            hint="int(...) the result; raise ValueError naming an unknown optimizer or impl, and a state_bytes "
+                 "or element count <= 0")
+def step_temporaries_returns_int_and_rejects_bad_input(impl):
+    out = impl.optimizer_step_temporaries("adam", "foreach", [300, 1000, 10], 4)
+    if isinstance(out, bool) or not isinstance(out, int):
+        return failed(f"returned {type(out).__name__} {_fmt(out)}", "return an int of bytes: int(...)")
+    f = impl.optimizer_step_temporaries
+    cases = [
+        ("optimizer='adagrad'", lambda: f("adagrad", "foreach", [10], 4), ("adagrad",)),
+        ("impl='fast'", lambda: f("adam", "fast", [10], 4), ("fast",)),
+        ("state_bytes=0", lambda: f("adam", "foreach", [10], 0), ("state_bytes",)),
+        ("numels [10, 0]", lambda: f("adam", "for-loop", [10, 0], 4), ("0",)),
+    ]
+    for label, call, words in cases:
+        problem = _raises_value_error(call, words=words)
+        if problem:
+            hint = ("an unknown implementation must raise ValueError naming it, not be taken for foreach"
+                    if "fast" in label else "raise ValueError naming the bad argument: optimizer one of adam, "
+                    "adamw, sgd, sgd_momentum; impl one of foreach, for-loop, fused; positive sizes")
+            return failed(f"{label}: {problem}", hint)
+    return passed(f"{out:,} (int); ValueError for unknown names and non-positive sizes")

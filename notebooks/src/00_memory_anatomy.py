@@ -11,7 +11,9 @@
 # - **compare** with the CPU allocator (temporaries and the optimizer step included) and with what
 #   `accelerate estimate-memory` counts;
 # - **play** with a calculator (presets 125M to 70B) and ask the advisor **"which technique?"**;
-# - **check the folklore** (myths vs measurement), then **grade your exercises** and **drill**.
+# - **write it yourself** where it comes up: four graded exercises, the last one (the optimizer step's
+#   temporaries) a rule this notebook never prints, found by measuring;
+# - **check the folklore** (myths vs measurement), then **drill**.
 #
 # Every number below is computed or measured in this notebook; it runs in well under a minute on 2 CPU cores.
 
@@ -56,6 +58,34 @@ print(describe(device))
 # master copy, 8-bit optimizer state, sharding them across devices (ZeRO/FSDP), offloading them.
 
 # %% [markdown]
+# ### Exercise 0.1: training memory in bytes
+#
+# Before the chapter counts them for a 7B model, count them yourself. Open `exercises/memory_math.py` beside
+# this notebook and write `training_memory_bytes(num_params, *, weight_bytes, grad_bytes, optimizer,
+# master_weights=False)`: weights + gradients + fp32 optimizer state (Adam 2 states, SGD with momentum 1,
+# SGD 0) + 4 bytes per parameter for an fp32 master copy when asked; ValueError for non-positive sizes and
+# unknown optimizers. Run the check after each exercise: a failing check names the likely mistake, and until
+# you start every check reports "not implemented yet". The grader also tries every optimizer with and
+# without a master copy, with fp32 and 16-bit weights and gradients: what is right alone must stay right
+# together.
+
+# %%
+from efftrain_lib.grade import check
+
+check("memory_math", exercise="0.1")
+
+# %% [markdown]
+# ### Exercise 0.2: LoRA's trainable parameters
+#
+# LoRA (chapter 1) freezes a weight W (out x in) and trains two thin matrices beside it: A (rank x in) and
+# B (out x rank). Write `lora_trainable_params(shapes, rank)`: the trainable parameters of a rank-`rank`
+# LoRA on every layer of `shapes`, a list of (out_features, in_features). The update B A cannot have a
+# rank above min(out, in): a larger rank is a ValueError, on square, tall and wide layers alike.
+
+# %%
+check("memory_math", exercise="0.2")
+
+# %% [markdown]
 # ## 2. The seed's 7B analysis, recomputed
 #
 # The seed notes: 7B model, fp32, batch 1, sequence 2048: weights 28 GB, gradients 28 GB, Adam 56 GB,
@@ -77,6 +107,23 @@ print(f"sum of everything {sum(a.values()) / GB:.1f} GB; the tensors held peak a
 for impl in ("foreach", "for-loop", "fused"):
     e = estimate_training_memory(seven_b, batch_size=1, seq_len=2048, optimizer_impl=impl)
     print(f"with the optimizer step's temporaries, Adam {impl:<8}: peak {e.allocator_peak / GB:6.1f} GB ({e.allocator_phase})")
+
+# %% [markdown]
+# Papers quote another count of the activations: Korthikanti et al. (2022), for a GPT layer with 16-bit
+# activations and no tensor parallelism, sbh(34 + 5as/h) bytes per layer without recomputation, 34sbh when
+# the attention part is recomputed (selective), 2sbh when only each layer's input is kept (full).
+#
+# ### Exercise 0.3: activations by Korthikanti's formula
+#
+# Write `activation_bytes(seq_len, batch_size, hidden_size, n_heads, n_layers, recompute="none")`: the
+# formula's bytes for all n_layers, as an int (round once, at the end: 5as/h need not be whole); ValueError
+# for non-positive sizes and unknown recompute names. The cell after the check computes it for the 7B.
+
+# %%
+check("memory_math", exercise="0.3")
+
+# %%
+# NBVAL_CHECK_OUTPUT
 korthikanti = 32 * 2048 * 1 * 4096 * (34 + 5 * 32 * 2048 / 4096)
 print(f"Korthikanti sbh(34 + 5as/h) x 32 layers (GPT, fp16, no flash attention): {korthikanti / GB:.1f} GB")
 
@@ -94,8 +141,8 @@ print(f"Korthikanti sbh(34 + 5as/h) x 32 layers (GPT, fp16, no flash attention):
 # - **Then the optimizer step**, which accounting of held tensors does not see. torch.optim's Adam runs the
 #   `foreach` implementation by default on CUDA: it computes sqrt(v) for every parameter at once, +4
 #   bytes per parameter, and the step becomes the peak (the lines above). `fused=True` does the update
-#   in one kernel per parameter, in place; the for-loop (torch's default on CPU) holds two temporaries
-#   the size of one parameter tensor.
+#   in one kernel per parameter, in place; the for-loop (torch's default on CPU) works one parameter at a
+#   time and holds far less (how much, exactly, is Exercise 0.4).
 
 # %% [markdown]
 # ## 3. 16 or 18 bytes per parameter?
@@ -245,8 +292,35 @@ print("every configuration within 10%:", max(errors) <= 0.10)
 # 2 x tokens x vocabulary x 4 bytes), a checkpointed layer's recomputed output, the RNG state each
 # checkpoint keeps (5,056 bytes on CPU), the optimizer step's buffers, and the batch's token ids and
 # labels. The estimator replays those too (`allocator_peak`, with the moment it happens), so what it
-# used to call a "workspace allowance" is now derived: `workspace = allocator_peak - peak_bytes`. Against
-# the CPU allocator's own figure (`torch.profiler`, `profile_memory=True`), every configuration of the grid:
+# used to call a "workspace allowance" is now derived: `workspace = allocator_peak - peak_bytes`.
+#
+# ### Exercise 0.4: the optimizer step's temporaries
+#
+# The replay needs to know what `optimizer.step()` allocates beyond the state it keeps. This notebook does
+# not print the rule: find it by measuring, as the estimator's author did. `profiler_peak_bytes(fn)`
+# (`efftrain_lib.meter`) calls `fn` once under torch.profiler and returns the CPU allocator's peak above the
+# level at entry; here for a neutral example (a tensor of ones, then the sum with 1):
+
+# %%
+from efftrain_lib.meter import profiler_peak_bytes
+
+print(profiler_peak_bytes(lambda: torch.ones(1000) + 1).peak_bytes, "bytes")
+
+# %% [markdown]
+# Give a few parameters of different sizes a gradient, make the optimizer (`torch.optim.Adam(params,
+# foreach=True)`, `foreach=False`, `fused=True`; AdamW; SGD with and without momentum; fp32 and bf16
+# parameters, whose state takes their dtype), call `step()` once (it creates the state) and measure the
+# second: `profiler_peak_bytes(optimizer.step).peak_bytes`. Change the sizes and their order until your rule
+# predicts every measurement, then write it as `optimizer_step_temporaries(optimizer, impl,
+# trainable_numels, state_bytes)`. The grader measures on this machine, with every optimizer, implementation,
+# state dtype and parameter list together (your answer may be up to 16 bytes below: the step counters).
+
+# %%
+check("memory_math", exercise="0.4")
+
+# %% [markdown]
+# The estimator's rule (yours, if the check passed) against the CPU allocator's own figure (`torch.profiler`,
+# `profile_memory=True`), every configuration of the grid:
 
 # %%
 alloc_rows = []
@@ -275,7 +349,7 @@ print("every configuration above 8 MiB within 5% of the allocator:", max(big) <=
 #   batch 16): 16-bit buffers that the replay does not place. We have not pinned them down; they are
 #   below the 5% the estimator promises, and no fp32 row shows them.
 # - Everything else is exact to the byte, including where the peak moves into the optimizer step (the
-#   batch-1 rows: foreach's parameter-sized sqrt(v), the for-loop's two temporaries, fused's none) and
+#   batch-1 rows: foreach's parameter-sized sqrt(v), the for-loop's smaller temporaries, fused's none) and
 #   clipping (8 bytes per gradient tensor).
 
 # %% [markdown]
@@ -412,40 +486,21 @@ myths = [
 display(Markdown("| claim (seed) | measured / computed here |\n|---|---|\n" + "\n".join(f"| {c} | {m} |" for c, m in myths)))
 
 # %% [markdown]
-# ## 12. Exercises
+# ## 12. Exercises, all together
 #
-# Memory arithmetic in `exercises/memory_math.py` (open it beside this notebook). Run the check cell
-# after each exercise; a failing check names the likely mistake. Until you start, every check reports
-# "not implemented yet".
+# The chapter's exercises in `exercises/memory_math.py`, each where the notebook needs it:
 #
-# ### Exercise 0.1: training memory in bytes
+# | exercise | what | where |
+# |---|---|---|
+# | 0.1 | `training_memory_bytes`: weights, gradients, optimizer state, master copy | section 1 |
+# | 0.2 | `lora_trainable_params`: (out + in) x rank per layer, the rank bound | section 1 |
+# | 0.3 | `activation_bytes`: Korthikanti's formula, three recompute policies | section 2 |
+# | 0.4 | `optimizer_step_temporaries`: measured with torch.profiler, rule never printed here | section 7 |
 #
-# `training_memory_bytes(num_params, *, weight_bytes, grad_bytes, optimizer, master_weights=False)`:
-# weights + gradients + fp32 optimizer state (Adam 2 states, SGD with momentum 1, SGD 0) + 4 bytes per
-# parameter for an fp32 master copy when asked. ValueError for non-positive sizes and unknown optimizers.
+# All four at once (also in a terminal: `python -m efftrain_lib.grade memory_math`):
 
 # %%
-from efftrain_lib.grade import check
-
-check("memory_math", exercise="0.1")
-
-# %% [markdown]
-# ### Exercise 0.2: LoRA's trainable parameters
-#
-# `lora_trainable_params(shapes, rank)`: for each (out_features, in_features), A is rank × in and B is
-# out × rank. ValueError when the rank is larger than a layer allows (rank > min(out, in)).
-
-# %%
-check("memory_math", exercise="0.2")
-
-# %% [markdown]
-# ### Exercise 0.3: activations by Korthikanti's formula
-#
-# `activation_bytes(seq_len, batch_size, hidden_size, n_heads, n_layers, recompute="none")`: per layer
-# sbh(34 + 5as/h) bytes, 34sbh with selective recomputation, 2sbh with full recomputation.
-
-# %%
-check("memory_math", exercise="0.3")
+check("memory_math")
 
 # %% [markdown]
 # The reference answers (`solutions/memory_math.py`) pass every check. Peek only after trying:

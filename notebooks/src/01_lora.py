@@ -12,7 +12,9 @@
 # - **fine-tune for real**: a tiny pretrained transformer adapted to a new text, LoRA vs full fine-tuning,
 #   with a live memory plot;
 # - **play**: rank, alpha, the spectrum of the learned update, rsLoRA's scaling;
-# - **check the folklore** (myths vs measurement), then **grade your exercises** and **drill**.
+# - **write it yourself** where it comes up: each piece before the chapter shows its own, and DoRA from your
+#   LoRA, which this notebook never shows;
+# - **check the folklore** (myths vs measurement), then **drill**.
 #
 # Every number below comes from a run in this notebook. It executes in under a minute on 2 CPU cores.
 
@@ -114,6 +116,24 @@ plt.show()
 #   does not quite hold: section 7 measures the first update shrinking as r grows, which is what rsLoRA's
 #   `alpha / sqrt(r)` fixes.
 # - Dropout, if any, applies to the input of the LoRA branch only; the frozen path is untouched.
+#
+# ### Exercise 1.1: LoRALinear
+#
+# Before the chapter builds it, build yours. Open `exercises/lora.py` beside this notebook and write
+# `LoRALinear(base, rank, alpha, dropout=0.0)`: keep `base` frozen (weight and bias), create `lora_A`
+# (`rank x in_features`, Kaiming-uniform) and `lora_B` (`out_features x rank`, zeros), `scaling = alpha / rank`,
+# and a forward that adds the scaled low-rank branch, with dropout on that branch only. Run the check after
+# each exercise: the grader loads your file afresh each time, stops a check that hangs, compares with PEFT's
+# LoRA layer (with and without a bias, in train and eval mode, with and without dropout, all combined) and
+# names the likely mistake when a check fails. Until you start, every check reports "not implemented yet".
+
+# %%
+from efftrain_lib.grade import check
+
+check("lora", exercise="1.1")
+
+# %% [markdown]
+# The chapter's, in two small blocks (the branch, then the wrapper):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -197,11 +217,41 @@ with_dropout = LinearWithLoRA(nn.Linear(64, 64), rank=8, alpha=16, dropout=0.5).
 print("B = 0, dropout 0.5, train mode, output == base:", torch.equal(with_dropout(x), with_dropout.base(x)))
 
 # %% [markdown]
+# ### Exercise 1.2: merge and unmerge
+#
+# After training, `W' = W + (alpha/r) B A` is an ordinary weight: fold it in and the adapted layer is a plain
+# `nn.Linear` again. Give your `LoRALinear` a `merge()` that adds `scaling · B A` into `base.weight` and
+# remembers it (the forward must then skip the branch, in every mode), and an `unmerge()` that takes it back
+# out. The grader compares with PEFT's merge, with and without a bias, in train and eval mode, merged,
+# unmerged and merged again. Section 4 measures what merging buys.
+
+# %%
+check("lora", exercise="1.2")
+
+# %% [markdown]
 # ## 3. LoRA on a model, by module name
 #
 # Our tiny transformer uses LLaMA's module names, so `["q_proj", "v_proj"]` means here what it means in
 # PEFT. PEFT's rule for a list of targets: a module is adapted when its **full name equals** an entry
 # or **ends with "." + entry**. Not a substring test.
+#
+# ### Exercise 1.3: apply_lora
+#
+# Write `apply_lora(model, target_modules, rank, alpha, dropout=0.0)`: wrap, in place, every `nn.Linear` whose
+# full name equals a target or ends with "." + target, by your `LoRALinear`; freeze everything else; return
+# the model. The grader compares the layers you wrap with PEFT's own matching, on targets whose layers have a
+# bias and targets whose layers do not, with every rank, alpha and dropout it tries.
+#
+# ### Exercise 1.4: count_parameters
+#
+# And `count_parameters(model) -> (trainable, total)`, each parameter counted once (a tied weight too,
+# frozen or not). Both checks at once:
+
+# %%
+check("lora", exercise=["1.3", "1.4"])
+
+# %% [markdown]
+# The chapter's, from scratch:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -270,7 +320,7 @@ def seed_style_apply(model, targets, rank=8, alpha=16):
     return model
 
 
-from efftrain_lib.lora import DoRALinear, LoRALinear, apply_lora, count_parameters, lora_layers  # noqa: E402
+from efftrain_lib.lora import LoRALinear, apply_lora, count_parameters, lora_layers  # noqa: E402
 
 seed_model = seed_style_apply(load_pretrained(), ["q_proj", "v_proj"])
 trainable, total = count_parameters(seed_model)
@@ -320,7 +370,8 @@ for attempt in [
 #
 # After training, `W' = W + (alpha/r) B A` is an ordinary weight: fold it in and the adapted layer costs
 # what a plain `nn.Linear` costs. `unmerge` subtracts it again (to keep training, or to swap adapters).
-# In fp32 the round trip is exact to rounding, about 1e-7 relative.
+# In fp32 the round trip is exact to rounding, about 1e-7 relative. The library's layer (Exercise 1.2's
+# API) on a 512 x 512 layer:
 
 # %%
 torch.manual_seed(0)
@@ -663,27 +714,29 @@ display(Markdown("\n".join(budget_rows)))
 #
 # `y = (m / ‖W + s B A‖_row) · (W x + s B A x) + bias`, with `m` trainable, initialised to the row norms
 # of `W`, and the norm treated as a constant in backward (detached, as the paper recommends).
+#
+# ### Exercise 1.5: DoRA from LoRA
+#
+# This one the notebook never shows. Write `DoRALinear(LoRALinear)` in `exercises/lora.py`: your LoRA layer
+# plus a `magnitude` (an `nn.Parameter`, the row norms of `W` at init, so the layer starts at `base(x)`), a
+# forward by the formula above, and `merge()` / `unmerge()` that fold all of it into `base.weight` and take it
+# back out (what does unmerge need that the merged weight no longer tells?). With dropout in train mode, follow
+# PEFT: the base keeps the clean `x`, and one mask feeds both the direction term and the LoRA branch,
+# `y = base(x) + (m / n − 1) · W dropout(x) + (m / n) · s B A dropout(x)` with `n = ‖W + s B A‖_row` (the
+# formula above when nothing is dropped). The grader compares with PEFT's DoRA: output, gradients (the norm
+# detached), merged weight, in every combination of bias, train and eval mode, dropout and merge state.
+
+# %%
+check("lora", exercise="1.5")
+
+# %% [markdown]
+# The library's DoRA and rsLoRA against PEFT's, on the tiny LLaMA, and rsLoRA's one line from scratch:
 
 # %%
 class RSLoRALayer(LoRALayer):
     def __init__(self, in_features, out_features, rank, alpha, dropout=0.0):
         super().__init__(in_features, out_features, rank, alpha, dropout)
         self.scaling = alpha / math.sqrt(rank)        # the whole of rsLoRA
-
-
-class DoRAFromScratch(nn.Module):
-    def __init__(self, base: nn.Linear, rank, alpha):
-        super().__init__()
-        self.base = base.requires_grad_(False)
-        self.lora = LoRALayer(base.in_features, base.out_features, rank, alpha)
-        self.magnitude = nn.Parameter(base.weight.detach().norm(dim=1))    # one per output feature
-
-    def forward(self, x):
-        delta = self.lora.scaling * (self.lora.lora_B @ self.lora.lora_A)
-        row_norm = (self.base.weight + delta).norm(dim=1).detach()         # a constant for backward
-        direction_out = F.linear(x, self.base.weight + delta)
-        out = (self.magnitude / row_norm) * direction_out
-        return out if self.base.bias is None else out + self.base.bias
 
 
 variant_rows = []
@@ -701,18 +754,9 @@ for variant in ("use_rslora", "use_dora"):
     grads = max(max_abs_diff(x.grad, y.grad) for _, x, y in paired_lora_parameters(ours_v, peft_v))
     variant_rows.append((variant, max_abs_diff(a.logits, b.logits), grads))
 
-# The from-scratch DoRA against the library's, on one layer with the same A, B and magnitude.
+# The from-scratch rsLoRA branch against the library's use_rslora=True, on one layer with the same A and B.
 torch.manual_seed(0)
 base_linear = nn.Linear(64, 32)
-scratch_dora = DoRAFromScratch(base_linear, rank=4, alpha=8)
-library_dora = DoRALinear(base_linear, rank=4, alpha=8)
-with torch.no_grad():
-    scratch_dora.lora.lora_B.normal_(std=0.1)
-    library_dora.lora_A.copy_(scratch_dora.lora.lora_A)
-    library_dora.lora_B.copy_(scratch_dora.lora.lora_B)
-    scratch_dora.magnitude.mul_(1.1)
-    library_dora.magnitude.copy_(scratch_dora.magnitude)
-# And the from-scratch rsLoRA branch against the library's use_rslora=True.
 scratch_rs = RSLoRALayer(64, 32, rank=4, alpha=8)
 library_rs = LoRALinear(base_linear, rank=4, alpha=8, use_rslora=True)
 with torch.no_grad():
@@ -720,16 +764,15 @@ with torch.no_grad():
     library_rs.lora_A.copy_(scratch_rs.lora_A)
     library_rs.lora_B.copy_(scratch_rs.lora_B)
 x = torch.randn(8, 64)
-scratch_diff = max(max_abs_diff(scratch_dora(x), library_dora(x)),
-                   max_abs_diff(base_linear(x) + scratch_rs(x), library_rs(x)))
+scratch_diff = max_abs_diff(base_linear(x) + scratch_rs(x), library_rs(x))
 for variant, logits_diff, grad_diff in variant_rows:
     print(f"{variant}: ours vs PEFT logits max |diff| = {logits_diff:.1e}, gradients {grad_diff:.1e}")
-print(f"rsLoRA and DoRA from scratch vs the library: max |diff| = {scratch_diff:.1e}")
+print(f"rsLoRA from scratch vs the library: max |diff| = {scratch_diff:.1e}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
 print("rsLoRA and DoRA equal to PEFT within", TOLERANCE, ":", all(max(r[1], r[2]) < TOLERANCE for r in variant_rows))
-print("rsLoRA and DoRA from scratch equal the library within", TOLERANCE, ":", scratch_diff < TOLERANCE)
+print("rsLoRA from scratch equals the library within", TOLERANCE, ":", scratch_diff < TOLERANCE)
 
 # %% [markdown]
 # ## 10. Myths vs measurement
@@ -766,53 +809,19 @@ myths = [
 display(Markdown("| claim (seed) | measured here |\n|---|---|\n" + "\n".join(f"| {c} | {m} |" for c, m in myths)))
 
 # %% [markdown]
-# ## 11. Exercises
+# ## 11. Exercises, all together
 #
-# Implement LoRA yourself in `exercises/lora.py` (open it in JupyterLab's editor beside this notebook).
-# After each exercise, run its check cell. The grader loads your file afresh each time, stops a check
-# that hangs after a timeout, compares against PEFT where it can, and names the likely mistake when a
-# check fails. Until you start, every check reports "not implemented yet".
+# The chapter's exercises in `exercises/lora.py`, each where the notebook needs it:
 #
-# ### Exercise 1.1: LoRALinear
+# | exercise | what | where |
+# |---|---|---|
+# | 1.1 | `LoRALinear`: frozen base, Kaiming A, zero B, scaled branch, dropout on the branch | section 2 |
+# | 1.2 | `merge` / `unmerge`, and the flag that makes forward skip the branch | section 2 |
+# | 1.3 | `apply_lora`: PEFT's name matching, everything else frozen | section 3 |
+# | 1.4 | `count_parameters`: trainable and total, each tensor once | section 3 |
+# | 1.5 | `DoRALinear` from your `LoRALinear`, checked against PEFT's DoRA, never shown here | section 9 |
 #
-# `LoRALinear(base, rank, alpha, dropout=0.0)`: keep `base` frozen (weight and bias), create `lora_A`
-# (`rank x in_features`, Kaiming-uniform) and `lora_B` (`out_features x rank`, zeros), `scaling = alpha / rank`,
-# and a forward that adds the scaled low-rank branch, with dropout on that branch only (section 2).
-
-# %%
-from efftrain_lib.grade import check
-
-check("lora", exercise="1.1")
-
-# %% [markdown]
-# ### Exercise 1.2: merge and unmerge
-#
-# `merge()` folds `scaling · B A` into `base.weight` so the forward is a plain Linear; `unmerge()` takes it
-# back out (section 4).
-
-# %%
-check("lora", exercise="1.2")
-
-# %% [markdown]
-# ### Exercise 1.3: apply_lora
-#
-# `apply_lora(model, target_modules, rank, alpha, dropout=0.0)`: wrap, in place, every `nn.Linear` whose
-# full name equals a target or ends with "." + target (PEFT's rule, not a substring test); freeze
-# everything else; return the model (section 3).
-
-# %%
-check("lora", exercise="1.3")
-
-# %% [markdown]
-# ### Exercise 1.4: count_parameters
-#
-# `count_parameters(model) -> (trainable, total)`, each parameter counted once.
-
-# %%
-check("lora", exercise="1.4")
-
-# %% [markdown]
-# All four at once (also in a terminal: `python -m efftrain_lib.grade lora`):
+# All five at once (also in a terminal: `python -m efftrain_lib.grade lora`):
 
 # %%
 check("lora")

@@ -12,7 +12,9 @@
 # - **measure the sqrt(n) plan**: memory and time against the number of segments, next to Chen et al.;
 # - **measure selective checkpointing** and what the seed's per-sub-block layer really saves;
 # - **watch** one training step's memory, baseline vs checkpointed, and **play** with a plan slider;
-# - **check the folklore** (myths vs measurement), then **grade your exercises** and **drill**.
+# - **write it yourself** where it comes up: `checkpoint` before the chapter shows its own, then
+#   `checkpoint_sequential`, then torch's other design (saved-tensor hooks), which this notebook never shows;
+# - **check the folklore** (myths vs measurement), then **drill**.
 #
 # Every number below comes from a run in this notebook. It executes in under a minute on 2 CPU cores.
 
@@ -247,8 +249,26 @@ print("same forward output:", torch.equal(naive[0], direct[0]), "| same gradient
 # inputs live on), and restore it before the recompute, inside `torch.random.fork_rng()` so that the
 # caller's random stream continues afterwards as if nothing happened. Autocast is the same story: backward
 # runs outside the `torch.autocast` block, so a recompute would run in fp32 where the forward ran in bf16;
-# record the autocast state and replay it. Here is the whole thing, from scratch, with the four fixes of
-# section 2:
+# record the autocast state (on or off, and its dtype) and replay it.
+#
+# ### Exercise 2.1: checkpoint
+#
+# Before the chapter shows its version, write yours: `checkpoint(fn, *args, preserve_rng_state=True, **kwargs)`
+# in `exercises/checkpointing.py` (open it beside this notebook), a `torch.autograd.Function` that returns what
+# `fn(*args, **kwargs)` returns, with the gradients of a direct run, keeping only the inputs: the four fixes of
+# section 2, the RNG and autocast replayed, and clear errors for a non-callable `fn` and a second backward.
+# The grader compares with running `fn` directly and with `torch.utils.checkpoint(use_reentrant=False)`,
+# counts the bytes your forward keeps, and tries every combination of dropout, autocast (bf16 and fp16), an
+# input that does not require grad, a keyword tensor and several outputs: a failing check names the likely
+# mistake (or the combination). Until you start, every check reports "not implemented yet".
+
+# %%
+from efftrain_lib.grade import check
+
+check("checkpointing", exercise="2.1")
+
+# %% [markdown]
+# Here is the chapter's, from scratch, with the four fixes of section 2 (compare it with yours):
 
 # %%
 class ScratchCheckpoint(torch.autograd.Function):
@@ -320,6 +340,20 @@ lin.zero_grad(set_to_none=True)
 out, tag = scratch_checkpoint(lambda t: (lin(t), "aux"), frozen)
 out.sum().backward()
 print("frozen input and a (tensor, str) output:", tag, "| lin.weight.grad set:", lin.weight.grad is not None)
+
+# %% [markdown]
+# ### Exercise 2.2: checkpoint_sequential
+#
+# torch packages a plan of segments as `checkpoint_sequential(functions, segments, input)`: `functions` (an
+# `nn.Sequential` or a list of callables) split into `segments` chunks, the first `segments - 1` of
+# `len(functions) // segments` functions each run through `checkpoint`, and the last one, with the
+# remainder, run normally (section 5 says why). Write yours on top of your `checkpoint`, with a clear error
+# for `segments < 1` or more segments than functions; the grader compares output, gradients and kept bytes
+# with torch's, for an `nn.Sequential` and a list, every segment count, an input that does not require grad,
+# and dropout.
+
+# %%
+check("checkpointing", exercise="2.2")
 
 # %% [markdown]
 # The library's hardened version, `efftrain_lib.checkpointing.checkpoint`, is the same design with the
@@ -412,6 +446,48 @@ for impl in ("ours", "torch", "torch-reentrant"):
     said = f'; torch warned: "{str(caught[0].message)[:60]}..."' if caught else ""
     print(f"{impl:<16} LoRA tensors without a gradient: {missing} of {len(params)}{said}")
 print("ours == torch non-reentrant on the LoRA gradients:", all_equal(lora_grads["ours"], lora_grads["torch"]))
+
+# %% [markdown]
+# ### Exercise 2.3: checkpointing with saved-tensor hooks
+#
+# torch's recommended mode (`use_reentrant=False`) has no `autograd.Function` and no nested backward. It runs
+# `fn` normally, so the graph is recorded in the forward, inside `torch.autograd.graph.saved_tensors_hooks(pack,
+# unpack)`: every tensor an op saves for backward goes through `pack`, and autograd keeps whatever `pack`
+# returns; when backward needs the tensor, autograd calls `unpack` on it. The hooks on a neutral example,
+# `y = x.exp()` (exp saves its output, for its gradient):
+
+# %%
+x_demo = torch.randn(3, requires_grad=True)
+seen = []
+
+
+def pack(tensor):
+    seen.append(f"pack: {tuple(tensor.shape)} {tensor.dtype}")
+    return tensor                                        # what autograd keeps until backward
+
+
+def unpack(kept):
+    seen.append("unpack")
+    return kept                                          # what backward gets
+
+
+with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+    y_demo = x_demo.exp()
+y_demo.sum().backward()
+print(seen, "| gradient = exp(x):", torch.allclose(x_demo.grad, x_demo.exp()))
+
+# %% [markdown]
+# Make `pack` keep something small instead of the tensor, and `unpack` give back the tensor that a
+# recompute of `fn` saved in the same place: `checkpoint_non_reentrant(fn, *args, preserve_rng_state=True,
+# **kwargs)` in `exercises/checkpointing.py`, with the RNG and autocast replayed as in 2.1. This notebook
+# does not show it. Why it is worth the trouble, as the grader checks: `torch.autograd.grad` reaches the
+# parameters inside `fn` (2.1's cannot), an input that does not require grad needs no anchor (the LoRA trap
+# above cannot happen), and a hook on a parameter used inside and outside `fn` fires once (2.1's fires twice,
+# as torch's reentrant mode does). Since your hooks hide what `fn` saves from saved-tensor accounting, the
+# grader reads what your forward keeps from the CPU allocator, beside `torch.utils.checkpoint`'s.
+
+# %%
+check("checkpointing", exercise="2.3")
 
 # %% [markdown]
 # ## 5. The sqrt(n) plan
@@ -529,10 +605,11 @@ print(f"the seed's per-layer activations are {a_layer / seed_layer:.0f}x too sma
 # The seed's per-layer figure is far too small (printed above), and its checkpointed one prices the
 # checkpoints as whole layers; the right accounting saves more, and most with one layer per segment.
 #
-# `checkpoint_sequential` (torch's, and ours with the same split) does **not** checkpoint its last segment:
-# backward starts there at once, so recomputing it would buy nothing. It keeps more after forward (its last
-# segment whole), reaches the same peak here, and saves recomputing one segment: (1 - 1/segments) of a
-# forward instead of a whole one. Its time on the transformer, checkpointing 4 segments with the last kept:
+# `checkpoint_sequential` (torch's, and the library's with the same split, Exercise 2.2) does **not**
+# checkpoint its last segment: backward starts there at once, so recomputing it would buy nothing. It keeps
+# more after forward (its last segment whole), reaches the same peak here, and saves recomputing one segment:
+# (1 - 1/segments) of a forward instead of a whole one. Its time on the transformer, checkpointing 4 segments
+# with the last kept:
 
 # %%
 class SequentialCheckpointed(nn.Module):
@@ -749,34 +826,20 @@ myths = [
 display(Markdown("| claim (seed) | measured here |\n|---|---|\n" + "\n".join(f"| {c} | {m} |" for c, m in myths)))
 
 # %% [markdown]
-# ## 11. Exercises
+# ## 11. Exercises, all together
 #
-# Implement checkpointing yourself in `exercises/checkpointing.py` (open it in JupyterLab's editor beside
-# this notebook). The grader loads your file afresh each time, compares against running `fn` directly and
-# against `torch.utils.checkpoint(use_reentrant=False)`, counts the bytes your forward keeps, and names the
-# likely mistake when a check fails. Until you start, every check reports "not implemented yet".
+# The chapter's exercises in `exercises/checkpointing.py`, each where the notebook needs it:
 #
-# ### Exercise 2.1: checkpoint
+# | exercise | what | where |
+# |---|---|---|
+# | 2.1 | `checkpoint`: an `autograd.Function` that keeps only the inputs, RNG and autocast replayed | section 3 |
+# | 2.2 | `checkpoint_sequential`: torch's split, the last segment run normally | section 3 |
+# | 2.3 | `checkpoint_non_reentrant`: torch's other design, with saved-tensor hooks, never shown here | section 4 |
 #
-# `checkpoint(fn, *args, preserve_rng_state=True, **kwargs)`: returns what `fn(*args, **kwargs)` returns,
-# with the gradients of a direct run, keeping only the inputs (sections 2 and 3): parameters inside `fn`,
-# non-tensor and keyword arguments, inputs that do not require grad, several outputs, dropout (RNG) and
-# autocast, and clear errors for a non-callable `fn` and a second backward.
+# All three at once (also in a terminal: `python -m efftrain_lib.grade checkpointing`):
 
 # %%
-from efftrain_lib.grade import check
-
-check("checkpointing", exercise="2.1")
-
-# %% [markdown]
-# ### Exercise 2.2: checkpoint_sequential
-#
-# `checkpoint_sequential(functions, segments, input)`: torch's signature and split: segments-1 chunks of
-# `len(functions) // segments` checkpointed, the last chunk (with the remainder) run normally; a clear
-# error for `segments < 1` or more segments than functions (section 5).
-
-# %%
-check("checkpointing", exercise="2.2")
+check("checkpointing")
 
 # %% [markdown]
 # The reference answers (`solutions/checkpointing.py`) pass every check. Peek only after trying:

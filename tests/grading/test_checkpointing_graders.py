@@ -2,7 +2,8 @@
 (tests/grading/test_graders_proven.py runs it: solutions and library pass, stubs fail as stubs, every mistake
 in tests/grading/mistakes/checkpointing/ is caught and every check proven by one, the CLI). No test only this
 chapter needs.
-Tiny shapes: a whole grade takes well under a second on 2 CPU cores.
+Tiny shapes: a grade takes a few seconds on 2 CPU cores, most of it torch's references for every combination
+of options, computed once per grading process (prepare()).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from grader_proofs import ChapterProof
 
 PROOF = ChapterProof(
-    "checkpointing", exercises=frozenset({"2.1", "2.2"}), notebook="notebooks/02_gradient_checkpointing.ipynb",
+    "checkpointing", exercises=frozenset({"2.1", "2.2", "2.3"}), notebook="notebooks/02_gradient_checkpointing.ipynb",
     min_mistakes=12,
     # The issue's list: RNG not restored, recompute without grad enabled, parameter gradients lost,
     # inputs not detached before recompute, forward that keeps its graph anyway; and more.
@@ -18,5 +19,6 @@ PROOF = ChapterProof(
                         "forward_keeps_graph", "all_inputs_require_grad"}),
     library="efftrain_lib",  # efftrain_lib/checkpointing.py
     min_checks=15,
-    cli_shows=("Exercise 2.1: checkpoint", "Exercise 2.2: checkpoint_sequential"),
+    cli_shows=("Exercise 2.1: checkpoint", "Exercise 2.2: checkpoint_sequential",
+               "Exercise 2.3: checkpoint_non_reentrant"),
 )

@@ -12,7 +12,7 @@ import json
 from grader_proofs import ROOT, ChapterProof, cli
 
 PROOF = ChapterProof(
-    "lora", exercises=frozenset({"1.1", "1.2", "1.3", "1.4"}), notebook="notebooks/01_lora.ipynb",
+    "lora", exercises=frozenset({"1.1", "1.2", "1.3", "1.4", "1.5"}), notebook="notebooks/01_lora.ipynb",
     min_mistakes=8,
     library="efftrain_lib",  # efftrain_lib/lora.py, the library's hardened LoRA
     min_checks=20,  # the grader runs its whole catalog of checks
@@ -25,5 +25,5 @@ def test_cli_reports_a_hang_as_timed_out():
     proc, _ = cli("lora", "--impl", str(HANG.relative_to(ROOT)), "--exercise", "1.2", "--timeout", "0.5", "--json")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     data = json.loads(proc.stdout)
-    assert data["total"] == 3 and {r["status"] for r in data["results"]} == {"timeout"}
+    assert data["total"] == 4 and {r["status"] for r in data["results"]} == {"timeout"}
     assert all("timed out after 0.5 s" in r["detail"] for r in data["results"])

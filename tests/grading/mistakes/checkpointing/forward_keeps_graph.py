@@ -34,3 +34,4 @@ class CheckpointFunction(_solution.CheckpointFunction):
 
 _solution.CheckpointFunction = CheckpointFunction
 checkpoint, checkpoint_sequential = _solution.checkpoint, _solution.checkpoint_sequential
+checkpoint_non_reentrant = _solution.checkpoint_non_reentrant

@@ -18,3 +18,4 @@ def checkpoint(fn, *args, preserve_rng_state=True, **kwargs):
 _solution_checkpoint = _solution.checkpoint
 _solution.checkpoint = checkpoint
 checkpoint_sequential = _solution.checkpoint_sequential
+checkpoint_non_reentrant = _solution.checkpoint_non_reentrant

@@ -21,3 +21,4 @@ def checkpoint(fn, *args, preserve_rng_state=True, **kwargs):
 
 
 checkpoint_sequential = _solution.checkpoint_sequential
+checkpoint_non_reentrant = _solution.checkpoint_non_reentrant

@@ -18,3 +18,4 @@ def count_parameters(model):
 
 
 LoRALinear, apply_lora = _solution.LoRALinear, _solution.apply_lora
+DoRALinear = _solution.DoRALinear

@@ -27,3 +27,4 @@ class LoRALinear(_solution.LoRALinear):
 
 _solution.LoRALinear = LoRALinear  # so that the solution's apply_lora builds the broken layer too
 apply_lora, count_parameters = _solution.apply_lora, _solution.count_parameters
+DoRALinear = _solution.DoRALinear

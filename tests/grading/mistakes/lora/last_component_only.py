@@ -27,3 +27,4 @@ def apply_lora(model, target_modules, rank, alpha, dropout=0.0):
 
 LoRALinear = _solution.LoRALinear
 count_parameters = _solution.count_parameters
+DoRALinear = _solution.DoRALinear

@@ -30,3 +30,4 @@ def apply_lora(model, target_modules, rank, alpha, dropout=0.0):
 
 
 LoRALinear, count_parameters = _solution.LoRALinear, _solution.count_parameters
+DoRALinear = _solution.DoRALinear

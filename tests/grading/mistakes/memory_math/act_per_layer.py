@@ -14,3 +14,4 @@ def activation_bytes(seq_len, batch_size, hidden_size, n_heads, n_layers, recomp
 
 
 training_memory_bytes, lora_trainable_params = _solution.training_memory_bytes, _solution.lora_trainable_params
+optimizer_step_temporaries = _solution.optimizer_step_temporaries

@@ -17,3 +17,4 @@ def lora_trainable_params(shapes, rank):
 
 
 training_memory_bytes, activation_bytes = _solution.training_memory_bytes, _solution.activation_bytes
+optimizer_step_temporaries = _solution.optimizer_step_temporaries

@@ -15,3 +15,4 @@ def training_memory_bytes(num_params, *, weight_bytes, grad_bytes, optimizer, ma
 
 
 lora_trainable_params, activation_bytes = _solution.lora_trainable_params, _solution.activation_bytes
+optimizer_step_temporaries = _solution.optimizer_step_temporaries
