@@ -81,7 +81,7 @@ COMPUTED = {
     "dist-zero-paper-75b": 16 * 7.5e9 / 64 / 1e9,
     "dist-zero2-fp32-bytes": 4 + (4 + 8) / 4,
     "dist-zero3-communication": 3 / 2,
-    "dist-70b-gpus-zero3": 15,  # the course's estimator (memory_advisor.devices_needed); tests/test_distributed.py
+    "dist-70b-gpus-zero3": 18,  # the course's estimator (memory_advisor.devices_needed); not independent
     "dist-lora-ddp-bytes": LLAMA_LAYERS * 2 * (D + K) * R * 4 / 1e6,
     "qlora-bits-plain": 4 + 32 / 64,
     "qlora-bits-double-quant": 4 + 8 / 64 + 32 / (64 * 256),

@@ -5,13 +5,17 @@
     from efftrain_lib.drill import quiz
     quiz("lora")            # a widget in JupyterLab, a text summary anywhere else
 
-The cards live in efftrain_lib/data/questions.toml (read with stdlib tomllib). Progress is a small
+The cards live in efftrain_lib/data/questions.toml (read with stdlib tomllib). A numeric card's number
+is not typed there: efftrain_lib/drill/figures.py computes it with the course's library (or reads it from a
+notebook's run, or cites it), with the classic wrong methods beside it, into drill_figures.json, which the
+bank reads; a wrong number that is one of those methods is named in the feedback. Progress is a small
 JSON file, default ~/.efftrain/drill_progress.json, overridable with the EFFTRAIN_DRILL_PROGRESS
 environment variable or a `progress=` argument / --progress option. Cards missed last time come back first.
 A chapter is named by its key or any alias (efftrain_lib/chapters.py): "memory_math", "memory", "00".
 
 One module per job, each usable on its own (and tested without a terminal or a browser):
-  bank       Card, load_bank, cards_for             parse and validate the TOML
+  bank       Card, load_bank, cards_for             parse and validate the TOML, fill in the figures
+  figures    FIGURES, compute_all                   every number, computed (imports torch: not imported here)
   answers    parse_number, check_numeric            read "4.19e6", "4,194,304", "4.2M", "112 GB"
   progress   ProgressStore, order_cards             what was missed, what comes next
   session    DrillSession                           one pass over the ordered cards
@@ -19,7 +23,7 @@ One module per job, each usable on its own (and tested without a terminal or a b
   widget     Quiz, quiz                             the notebook shell (ipywidgets)
 
 Only the standard library is imported at module level: the CLI starts instantly and works without
-torch; ipywidgets is imported when a widget is first built.
+torch (figures.py is imported only to recompute the cache); ipywidgets is imported when a widget is first built.
 """
 
 from efftrain_lib.chapters import CHAPTERS
@@ -28,18 +32,21 @@ from efftrain_lib.drill.answers import (
     NumericCheck,
     UnreadableAnswer,
     check_numeric,
+    classic_mistake,
     explain_numeric,
     format_number,
     parse_number,
 )
 from efftrain_lib.drill.bank import (
     DEFAULT_TOLERANCE,
+    FIGURES_FILE,
     BankError,
     Card,
     cards_for,
     chapter_key,
     default_bank_path,
     load_bank,
+    read_figures,
     validate_cards,
 )
 from efftrain_lib.drill.progress import (
@@ -68,11 +75,14 @@ __all__ = [
     "NumericCheck",
     "UnreadableAnswer",
     "default_bank_path",
+    "FIGURES_FILE",
     "load_bank",
+    "read_figures",
     "validate_cards",
     "cards_for",
     "parse_number",
     "check_numeric",
+    "classic_mistake",
     "explain_numeric",
     "format_number",
     "default_progress_path",

@@ -132,6 +132,8 @@ def answer_block(card: Card, show_expected: bool = True) -> str:
     lines = ["A: " + card.answer]
     if card.is_numeric and show_expected:
         lines.append(f"   Expected: {card.expected}")
+    if card.how:
+        lines.append(f"   Where the number comes from: {card.how}")
     if card.section:
         lines.append(f"   See: {card.section}")
     return "\n".join(lines)
