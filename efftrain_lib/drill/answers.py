@@ -176,9 +176,11 @@ def explain_numeric(card: Card, text: str) -> NumericCheck:
 
 
 def classic_mistake(card: Card, value: float) -> str | None:
-    """The card's wrong method that gives `value` (within the card's tolerance, at least 0.5%), if any."""
+    """The card's wrong method that gives `value` (within the card's tolerance, at least 0.5%; the
+    nearest one if several do), or None."""
     tol = max(card.rel_tol, 0.005)
-    return next((why for why, wrong in card.wrong_answers if math.isclose(value, wrong, rel_tol=tol)), None)
+    near = [(abs(value - wrong), why) for why, wrong in card.wrong_answers if math.isclose(value, wrong, rel_tol=tol)]
+    return min(near)[1] if near else None
 
 
 def check_numeric(card: Card, text: str) -> bool:
