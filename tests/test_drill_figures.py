@@ -138,6 +138,7 @@ QUOTED = {
         ("> {:.0f} GB of activations", lambda: _llama7().all_at_once["activations"] / GB),
         ("(~{:.0f} GB vs", lambda: _llama7().allocator_peak / GB),
         ("vs ~{:.0f})", lambda: _llama7().peak_bytes / GB),
+        ("the end of forward from b = {:d}", lambda: next(b for b in range(1, 9) if _llama7(b).peak_phase == "end of forward")),
     ],
     "ckpt-saves-30-50-percent": [
         ("optimizer step, {:.0f} GB", lambda: _llama7().allocator_peak / GB),
@@ -200,6 +201,7 @@ MEASURED_QUOTES = {
     "dist-ddp-averages-gradients-not-loss": (None, [("12 and 42", "[12, 42]"), ("by 6e-2", "6.0e-02"), ("to 2e-6", "1.7e-06")]),
     "dist-no-sync-speed-not-correctness": (None, [("444,936", "444,936"), ("111,240", "111,240")]),
     "dist-where-fsdp-communicates": (None, [("222,464", "222,464"), ("111,232", "111,232")]),
+    "dist-zero2-fp32-bytes": (None, [("21.6 MiB per rank", "| 21.60 | 21.48 |"), ("the estimator 21.5 MiB", "21.48")]),
     "dist-zero3-communication": (None, [("2.03 bytes", "2.03"), ("DDP's 1.00", "1.00")]),
     "dist-lora-ddp-bytes": (None, [("32,768 bytes", "32,768"), ("3,297,792", "3,297,792")]),
     "qlora-nf4-vs-int4-fp4": (None, [("about 0.092", "0.0920"), ("0.108 (int4)", "0.1075"), ("(0.070", "(0.0698"),
