@@ -1,9 +1,12 @@
-"""Interview drill cards: the question bank, a terminal drill and a notebook quiz widget.
+"""Interview drill cards: the question bank, a terminal drill, a notebook quiz widget and a mock interview.
 
     python -m efftrain_lib.drill [--chapter lora] [--limit N] [--progress FILE] [--list] [--reset]
+    python -m efftrain_lib.drill --mock 20     # a timed mock interview across the chapters
 
     from efftrain_lib.drill import quiz
     quiz("lora")            # a widget in JupyterLab, a text summary anywhere else
+    from efftrain_lib.drill.mock_widget import mock_interview
+    mock_interview(20)      # the mock interview, with a visible countdown
 
 The cards live in efftrain_lib/data/questions.toml (read with stdlib tomllib). A numeric card's number
 is not typed there: efftrain_lib/drill/figures.py computes it with the course's library (or reads it from a
@@ -19,11 +22,16 @@ One module per job, each usable on its own (and tested without a terminal or a b
   answers    parse_number, check_numeric            read "4.19e6", "4,194,304", "4.2M", "112 GB"
   progress   ProgressStore, order_cards             what was missed, what comes next
   session    DrillSession                           one pass over the ordered cards
-  terminal   run_drill, main                        the terminal shell (`python -m efftrain_lib.drill`)
+  whiteboard grade_whiteboard                       a whiteboard card's code, graded by the chapter's grader
+  mock       MockSession, Countdown                 the timed mock: order, clock, score by topic, what to revisit
+  generators GENERATORS                             generated numeric questions (imports torch: not imported here)
+  terminal   run_drill, run_mock, main              the terminal shell (`python -m efftrain_lib.drill`)
   widget     Quiz, quiz                             the notebook shell (ipywidgets)
+  mock_widget MockQuiz, mock_interview              the mock's notebook shell (imports the generators)
 
 Only the standard library is imported at module level: the CLI starts instantly and works without
-torch (figures.py is imported only to recompute the cache); ipywidgets is imported when a widget is first built.
+torch (figures and generators import it: the first only to recompute the cache, the second for --mock,
+loaded by name); ipywidgets is imported when a widget is first built.
 """
 
 from efftrain_lib.chapters import CHAPTERS
@@ -58,8 +66,10 @@ from efftrain_lib.drill.progress import (
     default_progress_path,
     order_cards,
 )
+from efftrain_lib.drill.mock import Countdown, MockSession
 from efftrain_lib.drill.session import DrillSession
-from efftrain_lib.drill.terminal import main, run_drill
+from efftrain_lib.drill.terminal import main, run_drill, run_mock
+from efftrain_lib.drill.whiteboard import grade_whiteboard
 from efftrain_lib.drill.widget import Quiz, quiz
 
 __all__ = [
@@ -90,7 +100,11 @@ __all__ = [
     "order_cards",
     "card_status",
     "DrillSession",
+    "Countdown",
+    "MockSession",
+    "grade_whiteboard",
     "run_drill",
+    "run_mock",
     "main",
     "Quiz",
     "quiz",

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from efftrain_lib.drill.figures_registry import CITED, COMPUTED, GB, figure
+from efftrain_lib.drill.figures_registry import CITED, COMPUTED, figure
 from efftrain_lib.memory import estimate_training_memory
 from efftrain_lib.memory_advisor import time_factor
 from efftrain_lib.number_formats import format_info
