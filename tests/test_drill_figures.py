@@ -197,6 +197,7 @@ MEASURED_QUOTES = {
     "prec-what-halves": (None, [("0.68x", "| 0.68 |")]),
     "mem-which-technique": ("00_memory_anatomy.ipynb § 11. Myths vs measurement", [("0.68x", "Activations 0.68x")]),
     "ckpt-saves-30-50-percent": (None, [("89% of the", "89% here"), ("71% of a whole", "this model: 71%")]),
+    "ckpt-rng-dropout": (None, [("up to 14.77", "max |diff| 14.77")]),
     "ckpt-optimum-transformer": ("02_gradient_checkpointing.ipynb § 5. The sqrt(n) plan", [("a/c = 20.8", "a/c = 20.8")]),
     "dist-ddp-averages-gradients-not-loss": (None, [("12 and 42", "[12, 42]"), ("by 6e-2", "6.0e-02"), ("to 2e-6", "1.7e-06")]),
     "dist-no-sync-speed-not-correctness": (None, [("444,936", "444,936"), ("111,240", "111,240")]),
@@ -236,6 +237,11 @@ def test_measured_figures_say_what_the_notebook_printed(card_id):
         assert said in _flat(card.answer), f"{card_id}: the answer no longer says {said!r}"
         assert shown in printed, f"{card_id}: {notebook} § {heading} no longer prints {shown!r}"
         assert _agree(said, shown), f"{card_id}: says {said!r}, the notebook printed {shown!r}"
+
+
+def test_a_card_that_cites_a_measurement_links_the_section_that_shows_it():
+    unlinked = [c.id for c in BANK if re.search(r"\bmeasured\b", c.answer, re.I) and not c.section]
+    assert unlinked == []
 
 
 def test_agreement_is_within_the_cards_rounding():

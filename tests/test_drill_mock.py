@@ -368,8 +368,10 @@ def test_mock_widget_starts_ticks_grades_and_reports(tmp_path):
     q = mock_interview(2, "accumulation", progress=ProgressStore.in_memory(), seed=0, clock=clock)
     assert isinstance(q, MockQuiz)
     assert "2 minutes (2 minutes: press Start)" in repr(q) and "--mock 2" in repr(q)
+    assert "gen-" not in repr(q) and "whiteboard" not in repr(q)  # nothing of the first question before Start
     box = q.widget
     assert q.start_button.layout.display is None and q.question_label.layout.display == "none"
+    assert q.header_label.value == "<b>Mock interview: accumulation, 2 minutes</b>"
     assert q.buttons_row.layout.display == "none"
     q.start_button.click()
     assert q.ticker.playing and "02:00 left" in q.clock_label.value and q.question_label.layout.display is None
@@ -397,5 +399,6 @@ def test_mock_widget_starts_ticks_grades_and_reports(tmp_path):
 
 def test_mock_widget_before_start_asks_nothing():
     q = mock_interview(1, progress=ProgressStore.in_memory(), clock=FakeClock())
+    assert "all, 1 minute (1 minute: press Start)" in repr(q)
     assert q.next() is q.session.current and q.session.index == 0  # Next before Start does not skip
     assert q.check_code("x = 1") is None

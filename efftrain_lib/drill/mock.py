@@ -31,7 +31,8 @@ from efftrain_lib.drill.session import DrillSession
 if TYPE_CHECKING:  # the generators import torch; the mock only calls their .ask(rng)
     from efftrain_lib.drill.generators import Generator
 
-__all__ = ["MAX_MINUTES", "Countdown", "MockSession", "Revisit", "clock_text", "mock_order", "parse_minutes"]
+__all__ = ["MAX_MINUTES", "Countdown", "MockSession", "Revisit", "clock_text", "minutes_text", "mock_order",
+           "parse_minutes"]
 
 MAX_MINUTES = 24 * 60
 # After the missed questions: two cards, a generated question, two cards, a generated one, a card, a whiteboard.
@@ -90,6 +91,11 @@ class Countdown:
     def text(self) -> str:
         """'12:05' (minutes:seconds left, rounded up: it reads 00:00 only when the time is up); '1:02:03' past an hour."""
         return clock_text(math.ceil(self.remaining - 1e-9))
+
+
+def minutes_text(minutes: float) -> str:
+    """'1 minute', '20 minutes', '7.5 minutes'."""
+    return f"{minutes:g} minute" + ("" if minutes == 1 else "s")
 
 
 def clock_text(seconds: float) -> str:

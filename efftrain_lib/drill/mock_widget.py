@@ -20,7 +20,7 @@ from typing import Callable
 
 from efftrain_lib.drill.bank import cards_for, chapter_key, load_bank
 from efftrain_lib.drill.generators import GENERATORS
-from efftrain_lib.drill.mock import MockSession
+from efftrain_lib.drill.mock import MockSession, minutes_text
 from efftrain_lib.drill.progress import ProgressError, ProgressStore
 from efftrain_lib.drill.widget import Quiz, html_text
 
@@ -76,7 +76,7 @@ class MockQuiz(Quiz):
     def clock_text(self) -> str:
         c = self.session.countdown
         if not c.started:
-            return f"{self.session.minutes:g} minutes: press Start"
+            return f"{minutes_text(self.session.minutes)}: press Start"
         if self.session.done:
             return "over"
         return "time is up: finish this answer" if c.expired else f"{c.text()} left"
@@ -87,7 +87,7 @@ class MockQuiz(Quiz):
 
     def text_summary(self) -> str:
         s = self.session
-        lines = [f"Mock interview: {self.chapter}, {s.minutes:g} minutes ({self.clock_text()})"]
+        lines = [f"Mock interview: {self.chapter}, {minutes_text(s.minutes)} ({self.clock_text()})"]
         if self.warning:
             lines.append(f"Warning: {self.warning}")
         if s.done:
@@ -138,6 +138,8 @@ class MockQuiz(Quiz):
                                   f'{html.escape(self.clock_text())}</b>')
         self.clock_bar.value = c.fraction_left
         self.start_button.layout.display = "none" if c.started else None
+        if not c.started:  # the first question's id would give it away
+            self.header_label.value = f"<b>Mock interview: {html.escape(self.chapter)}, {minutes_text(s.minutes)}</b>"
         self.buttons_row.layout.display = None if asking else "none"
         self.question_label.layout.display = None if asking or s.done else "none"
         if not asking:

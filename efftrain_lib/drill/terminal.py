@@ -22,7 +22,7 @@ from efftrain_lib.drill.progress import (
     default_progress_path,
     order_cards,
 )
-from efftrain_lib.drill.mock import MockSession, parse_minutes
+from efftrain_lib.drill.mock import MockSession, minutes_text, parse_minutes
 from efftrain_lib.drill.session import DrillSession, answer_block
 
 # The mock interview's generated questions compute their answers with the library, which imports torch
@@ -148,7 +148,7 @@ def run_mock(
     out = out if out is not None else sys.stdout
     ask, say = _asker(inp, out)
     session = MockSession(cards, generators, store, minutes=minutes, seed=seed, clock=clock)
-    say(f"Mock interview: {session.minutes:g} minutes, the clock is running. Questions you missed before come "
+    say(f"Mock interview: {minutes_text(session.minutes)}, the clock is running. Questions you missed before come "
         "first; generated questions draw new numbers every time.")
     say("Numeric: type a number (Enter alone reveals: a miss). Whiteboard: type the path of your .py file "
         "(the chapter's grader checks it). Others: Enter reveals, then y/n. q quits.")
