@@ -195,6 +195,8 @@ MEASURED_QUOTES = {
     "lora-activation-memory": (None, [("21.99 MiB", "21.99 MiB"), ("15.79 MiB", "15.79 MiB"), ("20.10 MiB", "20.10 MiB")]),
     "mem-mixed-precision-halves": (None, [("0.68x", "Activations 0.68x")]),
     "prec-what-halves": (None, [("0.68x", "| 0.68 |")]),
+    "mem-autocast-activations-ratio": (None, [("0.39 MiB here", "0.39 MiB bf16 weight copies"),
+                                              ("ratio is 1.00", "model states 1.00x")]),
     "mem-which-technique": ("00_memory_anatomy.ipynb § 11. Myths vs measurement", [("0.68x", "Activations 0.68x")]),
     "ckpt-saves-30-50-percent": (None, [("89% of the", "89% here"), ("71% of a whole", "this model: 71%")]),
     "ckpt-rng-dropout": (None, [("up to 14.77", "max |diff| 14.77")]),

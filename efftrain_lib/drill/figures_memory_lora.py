@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from efftrain_lib.drill.figures_registry import CITED, COMPUTED, GB, GIB, MB, MIB, figure, typed_in_other_unit
+from efftrain_lib.drill.figures_registry import (CITED, COMPUTED, GB, GIB, MB, MEASURED, MIB, figure, measured_number,
+                                                 typed_in_other_unit)
 from efftrain_lib.lora_math import parameter_count, scaling
 from efftrain_lib.memory import (PRESETS, accelerate_estimate, activation_bytes, bytes_per_parameter,
                                  estimate_training_memory, lora_trainable_params)
@@ -124,6 +125,14 @@ def _mem_cuda_rounding():
     nbytes = 1000 * 4
     return -(-nbytes // 512) * 512, {"the tensor's own bytes": nbytes,
                                      "the 2 MiB segment it is carved from (memory_reserved)": 2 * MIB}
+
+
+@figure("mem-autocast-activations-ratio", MEASURED, """00_memory_anatomy.ipynb § 11. Myths vs measurement, as
+        scripts/build_notebooks.py last ran it: one AdamW step of the tiny transformer (batch 8 x 64 tokens), fp32 vs
+        bf16 autocast, CPU accounting of the tensors saved for backward ('Activations 0.68x')""")
+def _mem_autocast_ratio():
+    ratio = measured_number("00_memory_anatomy.ipynb", "11. Myths vs measurement", r"Activations ([\d.]+)x")
+    return ratio, {"half ('mixed precision halves memory')": 0.5, "unchanged": 1.0}
 
 
 # ------------------------------------------------------------------------------------------------
