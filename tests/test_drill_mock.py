@@ -153,10 +153,12 @@ def test_score_by_topic_and_three_topics_to_revisit_with_their_sections():
     assert [t.chapter for t in topics] == ["checkpointing", "accumulation", "distributed"]
     assert topics[2].links == ("notebooks/05_distributed.ipynb § 6. Sharding: ZeRO-1 and ZeRO-2 from scratch, "
                                "ZeRO-3 with fully_shard",)
-    assert topics[0].links == ("notebooks/02_gradient_checkpointing.ipynb",)  # its missed cards name no section
+    rng_section = "notebooks/02_gradient_checkpointing.ipynb § 3. The dropout trap: RNG state (and autocast)"
+    assert topics[0].links == (rng_section,)  # ckpt-when names no section: only ckpt-rng-dropout's is linked
+    assert topics[1].links == ("notebooks/04_gradient_accumulation.ipynb",)  # no missed card names one: the notebook
     report = s.report()
     assert "Score by topic:" in report and f"{CHAPTERS['checkpointing'].label}" in report
-    assert "Topics to revisit:\n  1. Chapter 2: Gradient checkpointing (0/2): notebooks/02_gradient_checkpointing.ipynb" in report
+    assert f"Topics to revisit:\n  1. Chapter 2: Gradient checkpointing (0/2): {rng_section}" in report
     assert report.startswith("Mock interview over (every question asked): 3 of 8 correct")
 
 
