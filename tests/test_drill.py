@@ -81,7 +81,7 @@ COMPUTED = {
     "dist-zero-paper-75b": 16 * 7.5e9 / 64 / 1e9,
     "dist-zero2-fp32-bytes": 4 + (4 + 8) / 4,
     "dist-zero3-communication": 3 / 2,
-    "dist-70b-gpus-zero3": 15,  # the course's estimator (memory_advisor.devices_needed); tests/test_distributed.py
+    "dist-70b-gpus-zero3": 18,  # the course's estimator (memory_advisor.devices_needed); not independent
     "dist-lora-ddp-bytes": LLAMA_LAYERS * 2 * (D + K) * R * 4 / 1e6,
     "qlora-bits-plain": 4 + 32 / 64,
     "qlora-bits-double-quant": 4 + 8 / 64 + 32 / (64 * 256),
@@ -89,6 +89,19 @@ COMPUTED = {
     "qlora-65b-base-gb": 65e9 * (4 + 8 / 64 + 32 / (64 * 256)) / 8 / 1e9,
     "qlora-full-finetune-65b": 65e9 * (2 + 2 + 4 + 4) / 1e9,
     "qlora-8bit-adam-bytes": 2 * (1 + 4 / 2048),
+    "mem-optimizer-state-8bit": 7e9 * 2 * (1 + 4 / 2048) / 1e9,
+    "mem-adafactor-state": (11008 + 4096) * 4 / 1e3,  # a row and a column of fp32, in KB
+    "mem-optimizer-step-peak": LLAMA7B * (4 + 4 + 8 + 4) / 1e9,  # + foreach's sqrt(v): 20 bytes/param
+    "mem-logits-memory": 8192 * 128256 * 4 / 1e9,
+    "mem-cuda-allocator-rounding": math.ceil(1000 * 4 / 512) * 512,
+    "ckpt-activation-offload": 2 * 14.733e9 / (16e9 * 16 * 128 / 130 / 8),  # the estimator's bf16 activations
+    "ckpt-lora-recompute-cost": 2 / (2 + 2) * 100,  # an extra forward on a forward + activation-gradient step
+    "ckpt-mfu-vs-hfu": 50 * 6 / 8,
+    "prec-fp8-e4m3-max": (1 + 6 / 8) * 2.0 ** (15 - 7),  # S.1111.110: the top exponent holds numbers
+    "prec-fp8-e5m2-max": (1 + 3 / 4) * 2.0 ** (30 - 15),  # S.11110.11
+    "prec-tf32-mantissa": 10,
+    "acc-large-batch-lr": 0.1 * 8192 / 256,
+    "mem-autocast-activations-ratio": 14.989 / 21.989,  # chapter 3's section 8 table of the same step, in MiB
 }
 
 SEED_LORA_IDS = [

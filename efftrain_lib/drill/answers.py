@@ -1,7 +1,8 @@
 """Reading a learner's numeric answer: "4.19e6", "4,194,304", "2^22", "4.2M params", "112 GB".
 
 parse_number() reads the text (NUMBER_FORMS says what is accepted) or raises UnreadableAnswer saying why;
-explain_numeric() checks it against a card and says why it is right, wrong or unreadable.
+explain_numeric() checks it against a card and says why it is right, wrong or unreadable (and, when
+the number is what a classic wrong method gives, names that method).
 """
 
 from __future__ import annotations
@@ -167,7 +168,19 @@ def explain_numeric(card: Card, text: str) -> NumericCheck:
     if ok:
         return NumericCheck(True, value, f"Correct: {format_number(value)}{unit}; expected {card.expected}.")
     said = f"{format_number(value)}{unit}"
-    return NumericCheck(False, value, f"Not quite: you said {said}; expected {card.expected}.")
+    message = f"Not quite: you said {said}; expected {card.expected}."
+    mistake = classic_mistake(card, value)
+    if mistake:
+        message += f" That is the classic mistake: {mistake}."
+    return NumericCheck(False, value, message)
+
+
+def classic_mistake(card: Card, value: float) -> str | None:
+    """The card's wrong method that gives `value` (within the card's tolerance, at least 0.5%; the
+    nearest one if several do), or None."""
+    tol = max(card.rel_tol, 0.005)
+    near = [(abs(value - wrong), why) for why, wrong in card.wrong_answers if math.isclose(value, wrong, rel_tol=tol)]
+    return min(near)[1] if near else None
 
 
 def check_numeric(card: Card, text: str) -> bool:

@@ -2,10 +2,16 @@
 
 load_bank() parses the TOML (stdlib tomllib) and raises BankError listing every problem, each naming
 its card and field; cards_for() picks one chapter's cards by any of the chapter's names.
+
+A numeric card of the course types no number: its answer, where it comes from and the classic wrong
+methods come from drill_figures.json beside the bank, which `python -m efftrain_lib.drill.figures
+--write` computes with the course's library (efftrain_lib/drill/figures.py). Reading that cache needs
+only the standard library, so listing or drilling cards never imports torch.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -20,12 +26,14 @@ from efftrain_lib.chapters import resolve as resolve_chapter
 from efftrain_lib.drill.answers import format_number
 
 DEFAULT_TOLERANCE = 0.01  # relative; used when a numeric card gives no tolerance
+FIGURES_FILE = "drill_figures.json"  # beside questions.toml: the computed numeric answers
 
 _REQUIRED = ("id", "chapter", "difficulty", "question", "answer")
-_OPTIONAL = ("numeric_answer", "tolerance", "unit", "section", "source")
+_OPTIONAL = ("numeric_answer", "tolerance", "unit", "section", "source", "exercise")
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 # "01_lora.ipynb § Why B starts at zero": a notebook file, then the heading that demonstrates the card.
 _SECTION = re.compile(r"\S+\.ipynb § \S.*")
+_EXERCISE = re.compile(r"\d+\.\d+")  # "4.1": the chapter's exercise that grades a whiteboard card
 
 
 class BankError(ValueError):
@@ -52,10 +60,17 @@ class Card:
     unit: str | None = None
     section: str | None = None
     source: str | None = None
+    exercise: str | None = None  # a whiteboard card: the chapter's exercise whose grader checks the code
+    how: str | None = None  # where the numeric answer comes from: "computed: ...", "measured: ...", "cited: ..."
+    wrong_answers: tuple[tuple[str, float], ...] = ()  # (a classic wrong method, the number it gives)
 
     @property
     def is_numeric(self) -> bool:
         return self.numeric_answer is not None
+
+    @property
+    def is_whiteboard(self) -> bool:
+        return self.exercise is not None
 
     @property
     def rel_tol(self) -> float:
@@ -77,8 +92,11 @@ def default_bank_path() -> Path:
     return Path(str(resources.files("efftrain_lib").joinpath("data", "questions.toml")))
 
 
-def load_bank(path: str | os.PathLike | None = None) -> list[Card]:
-    """Read and validate a question bank; raises BankError naming each bad card and field."""
+def load_bank(path: str | os.PathLike | None = None, figures: str | os.PathLike | None = None) -> list[Card]:
+    """Read and validate a question bank; raises BankError naming each bad card and field.
+
+    figures: the computed numeric answers (default: drill_figures.json beside the bank, if there is one).
+    """
     path = Path(path) if path is not None else default_bank_path()
     try:
         with open(path, "rb") as f:
@@ -87,7 +105,34 @@ def load_bank(path: str | os.PathLike | None = None) -> list[Card]:
         raise BankError(str(path), ["file not found"]) from None
     except tomllib.TOMLDecodeError as e:
         raise BankError(str(path), [f"not valid TOML: {e}"]) from None
-    return validate_cards(data, origin=str(path))
+    beside = path.with_name(FIGURES_FILE)
+    if figures is None and not beside.exists():
+        return validate_cards(data, origin=str(path))
+    return validate_cards(data, origin=str(path), figures=read_figures(figures if figures is not None else beside))
+
+
+def read_figures(path: str | os.PathLike) -> dict[str, dict]:
+    """The figure cache: card id -> {"value", "kind", "how", "wrong": [[why, value], ...]}. BankError if
+    it is missing or malformed (regenerate it with `python -m efftrain_lib.drill.figures --write`)."""
+    origin = str(path)
+    try:
+        figures = json.loads(Path(path).read_text(encoding="utf-8"))["figures"]
+    except FileNotFoundError:
+        raise BankError(origin, ["figure file not found"]) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BankError(origin, [f"not a figure file ({e}); run python -m efftrain_lib.drill.figures --write"]) from None
+    errors = []
+    for cid, fig in figures.items():
+        ok = (isinstance(fig, dict) and _is_number(fig.get("value")) and math.isfinite(fig["value"])
+              and isinstance(fig.get("how"), str) and isinstance(fig.get("wrong"), list)
+              and all(isinstance(w, list) and len(w) == 2 and isinstance(w[0], str) and _is_number(w[1])
+                      for w in fig["wrong"]))
+        if not ok:
+            errors.append(f"figure {cid!r}: expected value (a finite number), how (text) and wrong "
+                          f"([[why, value], ...]), got {fig!r}")
+    if errors:
+        raise BankError(origin, errors)
+    return figures
 
 
 def _label(i: int, raw: object) -> str:
@@ -145,6 +190,8 @@ def _card_errors(label: str, raw: dict) -> list[str]:
         bad("section", f"must look like '01_lora.ipynb § Heading', got {raw['section']!r}")
     if "source" in raw and not (isinstance(raw["source"], str) and raw["source"].strip()):
         bad("source", "must be a non-empty string such as 'seed'")
+    if "exercise" in raw and not (isinstance(raw["exercise"], str) and _EXERCISE.fullmatch(raw["exercise"])):
+        bad("exercise", f"must name one of the chapter's exercises such as '4.1', got {raw['exercise']!r}")
     return errs
 
 
@@ -157,8 +204,20 @@ def _bank_chapter_problem(name: object) -> str:
     return f"write the chapter's key {key!r}, not its alias {name!r}"
 
 
-def validate_cards(data: dict, origin: str = "<questions>") -> list[Card]:
-    """Turn parsed TOML ({"card": [ {...}, ... ]}) into Cards, or raise BankError listing all problems."""
+def _with_figure(label: str, raw: dict, figure: dict | None, errs: list[str]) -> dict:
+    """The card's fields with its computed answer filled in (a card may not also type the number)."""
+    if figure is None:
+        return raw
+    if "numeric_answer" in raw:
+        errs.append(f"{label}: field 'numeric_answer': typed in, but {FIGURES_FILE} computes it "
+                    f"({figure['value']!r}): delete the typed number")
+        return raw
+    return {**raw, "numeric_answer": figure["value"]}
+
+
+def validate_cards(data: dict, origin: str = "<questions>", figures: dict[str, dict] | None = None) -> list[Card]:
+    """Turn parsed TOML ({"card": [ {...}, ... ]}) into Cards, or raise BankError listing all problems.
+    figures (read_figures): computed numeric answers by card id, filled into their cards."""
     if not isinstance(data, dict):
         raise BankError(origin, ["top level must be a table with a [[card]] array"])
     extra = [k for k in data if k != "card"]
@@ -174,8 +233,11 @@ def validate_cards(data: dict, origin: str = "<questions>") -> list[Card]:
             errors.append(f"card #{i}: must be a table, got {type(raw).__name__}")
             continue
         label = _label(i, raw)
-        card_errs = _card_errors(label, raw)
         cid = raw.get("id")
+        figure = (figures or {}).get(cid) if isinstance(cid, str) else None
+        card_errs: list[str] = []
+        raw = _with_figure(label, raw, figure, card_errs)
+        card_errs += _card_errors(label, raw)
         if isinstance(cid, str):
             if cid in first_seen:
                 card_errs.append(f"{label}: field 'id': duplicate id, already used by card #{first_seen[cid]}")
@@ -195,6 +257,9 @@ def validate_cards(data: dict, origin: str = "<questions>") -> list[Card]:
                     unit=raw.get("unit"),
                     section=raw.get("section"),
                     source=raw.get("source"),
+                    exercise=raw.get("exercise"),
+                    how=figure["how"] if figure else None,
+                    wrong_answers=tuple((why, float(v)) for why, v in figure["wrong"]) if figure else (),
                 )
             )
     if errors:

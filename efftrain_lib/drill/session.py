@@ -7,6 +7,8 @@ from typing import Sequence
 from efftrain_lib.drill.answers import NumericCheck, explain_numeric
 from efftrain_lib.drill.bank import Card
 from efftrain_lib.drill.progress import CardStats, ProgressStore, card_status, order_cards
+from efftrain_lib.drill.whiteboard import grade_whiteboard
+from efftrain_lib.grade import DEFAULT_TIMEOUT_S, Report
 
 
 class DrillSession:
@@ -23,17 +25,20 @@ class DrillSession:
         *,
         limit: int | None = None,
         seed: int | None = None,
+        ordered: bool = False,
     ):
+        """ordered=True: `cards` are already in the order to ask them (the mock interview orders its own)."""
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be a positive number of cards, got {limit}")
         self.store = store
-        self.queue = order_cards(cards, store, seed)[:limit]
+        self.queue = (list(cards) if ordered else order_cards(cards, store, seed))[:limit]
         # Status at the start of the session, for headers ("missed last time").
         self.initial_status = {c.id: card_status(store.stats(c.id)) for c in self.queue}
         self.index = 0
         self.revealed = False
         self.result: bool | None = None  # the current card's grade, once given
         self.last_check: NumericCheck | None = None
+        self.last_report: Report | None = None  # the grader's report on a whiteboard card's code
         self.results: list[tuple[str, bool]] = []
 
     # -- state ------------------------------------------------------------------------------
@@ -82,6 +87,16 @@ class DrillSession:
             self.grade(result.correct)
         return result
 
+    def check_code(self, code: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> Report:
+        """Grade a whiteboard card's code with the chapter's grader (its exercise only): right if every
+        check passes. Raises ValueError for a card that is not a whiteboard card, or no code."""
+        card = self._require_card()
+        if self.graded:
+            raise RuntimeError(f"card {card.id!r} is already graded; call next()")
+        self.last_report = grade_whiteboard(card, code, timeout=timeout)
+        self.grade(self.last_report.all_passed)
+        return self.last_report
+
     def grade(self, correct: bool) -> CardStats:
         """Record the current card as got (True) or missed (False); reveals the answer too."""
         card = self._require_card()
@@ -99,6 +114,7 @@ class DrillSession:
         self.revealed = False
         self.result = None
         self.last_check = None
+        self.last_report = None
         return self.current
 
     # -- text -------------------------------------------------------------------------------
@@ -132,6 +148,8 @@ def answer_block(card: Card, show_expected: bool = True) -> str:
     lines = ["A: " + card.answer]
     if card.is_numeric and show_expected:
         lines.append(f"   Expected: {card.expected}")
+    if card.how:
+        lines.append(f"   Where the number comes from: {card.how}")
     if card.section:
         lines.append(f"   See: {card.section}")
     return "\n".join(lines)

@@ -1,10 +1,13 @@
-"""The terminal drill: `python -m efftrain_lib.drill` (see --help), and run_drill() for scripts and tests."""
+"""The terminal drill: `python -m efftrain_lib.drill` (see --help), run_drill() and run_mock() for scripts
+and tests."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+import time
 from pathlib import Path
 from typing import IO, Callable, Sequence
 
@@ -19,7 +22,13 @@ from efftrain_lib.drill.progress import (
     default_progress_path,
     order_cards,
 )
+from efftrain_lib.drill.mock import MockSession, minutes_text, parse_minutes
 from efftrain_lib.drill.session import DrillSession, answer_block
+
+# The mock interview's generated questions compute their answers with the library, which imports torch
+# (seconds): the module is loaded by name, only when --mock asks for it, so that listing and drilling cards
+# start at once. It is efftrain_lib/drill/generators.py, in this package and layer.
+GENERATORS_MODULE = "efftrain_lib.drill.generators"
 
 
 class _Quit(Exception):
@@ -65,8 +74,25 @@ def run_drill(
     Raises ProgressError before the first question if the progress file cannot be written."""
     store.check_writable()
     out = out if out is not None else sys.stdout
-    read, echo = _reader(inp)
+    ask, say = _asker(inp, out)
     session = DrillSession(cards, store, limit=limit, seed=seed)
+
+    say(f"efftrain drill{' · ' + title if title else ''}: {session.counts()}")
+    if store.persist:
+        say(f"Progress file: {store.path}")
+    say("Numeric cards: type a number (Enter alone reveals and counts as a miss). Whiteboard cards: the path "
+        "of your .py file, or Enter. Other cards: Enter reveals, then grade yourself y/n. q quits.")
+    _ask_each(session, ask, say)
+    say()
+    say(session.summary())
+    if store.persist and session.results:
+        say(f"Progress saved to {store.path}")
+    return session
+
+
+def _asker(inp, out) -> tuple[Callable[[str], str], Callable[[str], None]]:
+    """ask(prompt) -> the learner's line (raises _Quit on q) and say(text), on `inp` and `out`."""
+    read, echo = _reader(inp)
 
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)
@@ -81,18 +107,20 @@ def run_drill(
             raise _Quit
         return answer
 
-    say(f"efftrain drill{' · ' + title if title else ''}: {session.counts()}")
-    if store.persist:
-        say(f"Progress file: {store.path}")
-    say("Numeric cards: type a number (Enter alone reveals and counts as a miss). "
-        "Other cards: Enter reveals, then grade yourself y/n. q quits.")
+    return ask, say
+
+
+def _ask_each(session: DrillSession, ask: Callable, say: Callable) -> None:
+    """Ask the session's cards until it is done or the learner stops (q, end of input, Ctrl-C)."""
     try:
         while not session.done:
             card = session.current
             say()
             say(session.header())
             say("Q: " + card.question)
-            if card.is_numeric:
+            if card.is_whiteboard:
+                _ask_whiteboard(session, card, ask, say)
+            elif card.is_numeric:
                 _ask_numeric(session, card, ask, say)
             else:
                 _ask_self_graded(session, card, ask, say)
@@ -100,8 +128,36 @@ def run_drill(
     except (_Quit, EOFError, KeyboardInterrupt) as stop:
         say()
         say("End of input: stopping." if isinstance(stop, EOFError) else "Stopping.")
+
+
+def run_mock(
+    cards: Sequence[Card],
+    generators: Sequence,
+    store: ProgressStore,
+    *,
+    minutes: float,
+    inp: IO[str] | Callable[[], str] | None = None,
+    out: IO[str] | None = None,
+    seed: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> MockSession:
+    """The mock interview in a terminal (efftrain_lib/drill/mock.py): `minutes` long, missed questions
+    first, generated numeric questions and whiteboard cards mixed in; ends with the score by topic and the
+    topics to revisit. No question is asked once the time is up (the one being answered still counts)."""
+    store.check_writable()
+    out = out if out is not None else sys.stdout
+    ask, say = _asker(inp, out)
+    session = MockSession(cards, generators, store, minutes=minutes, seed=seed, clock=clock)
+    say(f"Mock interview: {minutes_text(session.minutes)}, the clock is running. Questions you missed before come "
+        "first; generated questions draw new numbers every time.")
+    say("Numeric: type a number (Enter alone reveals: a miss). Whiteboard: type the path of your .py file "
+        "(the chapter's grader checks it). Others: Enter reveals, then y/n. q quits.")
+    _ask_each(session, ask, say)
+    if session.time_up:
+        say()
+        say("Time is up.")
     say()
-    say(session.summary())
+    say(session.report())
     if store.persist and session.results:
         say(f"Progress saved to {store.path}")
     return session
@@ -124,8 +180,33 @@ def _ask_numeric(session: DrillSession, card: Card, ask: Callable, say: Callable
     say(answer_block(card, show_expected=session.last_check is None))
 
 
+def _ask_whiteboard(session: DrillSession, card: Card, ask: Callable, say: Callable) -> None:
+    """A whiteboard card: the path of the learner's .py file is graded by the chapter's grader; Enter alone
+    reveals the sketch and the learner grades themself."""
+    while True:
+        text = ask(f"Write it as a module (imports included) in a .py file and type its path; the grader checks "
+                   f"Exercise {card.exercise} (Enter = reveal and grade yourself, q = quit): ")
+        if text == "":
+            _reveal_and_self_grade(session, ask, say)
+            return
+        path = Path(text).expanduser()
+        try:
+            code = path.read_text(encoding="utf-8")
+            report = session.check_code(code)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            say(f"Could not grade {path}: {e}. Try again.")
+            continue
+        say(report.to_text())
+        say(answer_block(card))
+        return
+
+
 def _ask_self_graded(session: DrillSession, card: Card, ask: Callable, say: Callable) -> None:
     ask("Think (or type) your answer, then Enter to reveal (q = quit): ")
+    _reveal_and_self_grade(session, ask, say)
+
+
+def _reveal_and_self_grade(session: DrillSession, ask: Callable, say: Callable) -> None:
     say(answer_block(session.current))
     session.reveal()
     while True:
@@ -157,6 +238,13 @@ def _list_cards(
         print(f"  {status:<7} {c.difficulty}  {c.id:<{width}}  {q}{num}", file=out)
 
 
+def _minutes_arg(text: str) -> float:
+    try:
+        return parse_minutes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _chapter_arg(text: str) -> str:
     try:
         return chapter_key(text)
@@ -168,7 +256,8 @@ def main(argv: Sequence[str] | None = None, *, inp=None, out: IO[str] | None = N
     """`python -m efftrain_lib.drill`: see --help. Returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m efftrain_lib.drill",
-        description="Interview drill cards for the efftrain course. Cards you missed come back first.",
+        description="Interview drill cards for the efftrain course. Cards you missed come back first. "
+                    "--mock MINUTES: a timed mock interview.",
         epilog=NUMBER_FORMS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -185,9 +274,14 @@ def main(argv: Sequence[str] | None = None, *, inp=None, out: IO[str] | None = N
     parser.add_argument("--reset", action="store_true", help="forget progress (of --chapter's cards) and exit")
     parser.add_argument("--seed", type=int, help="shuffle cards that are otherwise tied, reproducibly")
     parser.add_argument("--bank", metavar="FILE", help="use another questions.toml")
+    parser.add_argument("--mock", type=_minutes_arg, metavar="MINUTES",
+                        help="a timed mock interview across the chapters (or --chapter's): missed questions first, "
+                             "generated numeric questions, whiteboard code graded; ends with a score by topic")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
+    if args.mock is not None and (args.list or args.reset or args.limit is not None):
+        parser.error("--mock runs for MINUTES: it does not combine with --list, --reset or --limit")
 
     out = out if out is not None else sys.stdout
     if out is sys.stdout and hasattr(sys.stdout, "reconfigure"):
@@ -210,6 +304,12 @@ def main(argv: Sequence[str] | None = None, *, inp=None, out: IO[str] | None = N
         if args.reset:
             n = store.reset(c.id for c in cards)
             print(f"Reset progress of {n} card(s) in chapter {args.chapter!r} ({path}).", file=out)
+            return 0
+        if args.mock is not None:
+            generators = importlib.import_module(GENERATORS_MODULE).GENERATORS.values()
+            if args.chapter != "all":
+                generators = [g for g in generators if g.chapter == args.chapter]
+            run_mock(cards, list(generators), store, minutes=args.mock, inp=inp, out=out, seed=args.seed)
             return 0
         run_drill(cards, store, inp=inp, out=out, limit=args.limit, seed=args.seed, title=args.chapter)
     except (BankError, ProgressError) as e:

@@ -16,7 +16,7 @@ from efftrain_lib.drill.progress import ProgressError, ProgressStore
 from efftrain_lib.drill.session import DrillSession, answer_block
 
 
-def _html_text(text: str) -> str:
+def html_text(text: str) -> str:
     return f'<div style="white-space: pre-wrap; line-height: 1.4">{html.escape(text)}</div>'
 
 
@@ -209,7 +209,7 @@ class Quiz:
         )
         if card is None:
             self.header_label.value = f"<b>Interview drill: {html.escape(self.chapter)}</b>"
-            self.question_label.value = _html_text(f"All cards done. {s.summary()}")
+            self.question_label.value = html_text(f"All cards done. {s.summary()}")
             self.answer_html.value = ""
             self.feedback.value = html.escape(self._note)
             self.numeric_row.layout.display = "none"
@@ -217,11 +217,11 @@ class Quiz:
                 b.disabled = True
             return
         self.header_label.value = f"<b>{html.escape(s.header())}</b>"
-        self.question_label.value = _html_text("Q: " + card.question)
+        self.question_label.value = html_text("Q: " + card.question)
         self.numeric_row.layout.display = None if card.is_numeric else "none"
         self.answer_box.disabled = self.check_button.disabled = s.graded
         self.answer_html.value = (
-            _html_text(answer_block(card, show_expected=s.last_check is None)) if s.revealed else ""
+            html_text(answer_block(card, show_expected=s.last_check is None)) if s.revealed else ""
         )
         if s.last_check is not None:
             self.feedback.value = html.escape(s.last_check.message)
