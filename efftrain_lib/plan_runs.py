@@ -405,9 +405,9 @@ def _timed_step(plan: Plan):
 
 def measure_step_costs(*, seq_len: int = 64, per_device_batch: int = 8, rounds: int = 5) -> tuple[StepCosts, dict]:
     """This machine's StepCosts, from interleaved timings of the tiny model (one process): the mixed-precision
-    speedup (fp32 / bf16-autocast full fine-tuning), the 4-bit base's overhead (QLoRA / LoRA, bf16), the
-    cost of each extra micro-batch (per_device_batch micro-batches of 1 against one batch, as a fraction of
-    the plain step). Communication is not measured here (one process): the assumed share is kept.
+    speedup (fp32 / bf16-autocast full fine-tuning), the 4-bit base's overhead (QLoRA minus LoRA, bf16, as a
+    fraction of the plain step: one micro-batch's dequantization), the cost of each extra micro-batch
+    (per_device_batch micro-batches of 1 against one batch, as a fraction of the plain step). Communication is not measured here (one process): the assumed share is kept.
     Returns (costs, {plan label: (plan, measured seconds / plain seconds)}) for the plans it timed, which
     include checkpointing and LoRA alone, to set the FLOP model's predictions beside measurements."""
     plain = Plan(seq_len, per_device_batch)
@@ -423,7 +423,7 @@ def measure_step_costs(*, seq_len: int = 64, per_device_batch: int = 8, rounds: 
     accumulation = ratio[f"accumulation ({per_device_batch} x 1)"]
     costs = StepCosts(
         mixed_precision_speedup=1 / ratio["mixed precision"],
-        dequantize_overhead=max(0.0, timings.ratio("LoRA, bf16, 4-bit base", "LoRA, bf16 model") - 1),
+        dequantize_overhead=max(0.0, ratio["LoRA, bf16, 4-bit base"] - ratio["LoRA, bf16 model"]),
         micro_batch_overhead=max(0.0, (accumulation - 1) / (per_device_batch - 1)),
         source=f"measured on this machine's CPU (tiny model, {rounds} interleaved rounds); communication assumed")
     return costs, {label: (plan, ratio[label]) for label, plan in plans.items()}

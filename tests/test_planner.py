@@ -80,7 +80,9 @@ def test_step_time_is_the_flop_model_plus_the_stated_costs():
     assert step_time(replace(base, checkpointed_layers=2), TINY) == pytest.approx(7 / 6)  # half of one
     assert step_time(replace(base, lora_rank=8), TINY) == pytest.approx(4 / 6)  # no frozen-weight gradients
     assert step_time(replace(base, precision="bf16_autocast"), TINY) == pytest.approx(0.5)
-    assert step_time(replace(base, lora_rank=8, base_format="nf4_dq"), TINY) == pytest.approx(4 / 6 * 1.25)
+    assert step_time(replace(base, lora_rank=8, base_format="nf4_dq"), TINY) == pytest.approx(4 / 6 + 0.08)
+    qlora_4 = replace(base, lora_rank=8, base_format="nf4_dq", micro_batch_size=2, accumulation_steps=4)
+    assert step_time(qlora_4, TINY) == pytest.approx(4 / 6 + 3 * 0.03 + 4 * 0.08)  # both per micro-batch
     assert step_time(replace(base, micro_batch_size=2, accumulation_steps=4), TINY) == pytest.approx(1 + 3 * 0.03)
     two = Plan(64, 4, devices=2)
     assert step_time(replace(two, sharding_stage=2), TINY) == step_time(two, TINY) == 1.0  # 2 Psi, as DDP
