@@ -14,13 +14,13 @@ import math
 import time
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 from tqdm.auto import tqdm
 
 from efftrain_lib.liveplot import resolve_mode
-from efftrain_lib.memory_advisor import SEED_ORDER
 from efftrain_lib.meter import MIB
 from efftrain_lib.planner import FrontierPoint, Plan, SearchSpace, format_bytes, frontier, seed_ladder
-from efftrain_lib.widgets import interactive_figure, render_png, wide
+from efftrain_lib.widgets import interactive_figure, wide
 
 __all__ = ["Dashboard", "budget_explorer", "draw_budget", "draw_dashboard", "eta_seconds", "plan_at", "switch_order"]
 
@@ -177,15 +177,19 @@ def draw_budget(axes, points: list[FrontierPoint], budget_bytes: float, *, seed:
         xs += [point.peak, point.peak]
         ys += [ys[-1], point.time]
     time_ax.plot([x / MIB for x in xs], ys, color="C0", label="planner")
-    for before, point in zip([None] + points[:-1], points):
-        new = set(point.plan.techniques) - set(before.plan.techniques if before else ())
-        if new and before is not None:
-            time_ax.annotate("+" + ", ".join(sorted(new, key=TECHNIQUE_ORDER.index)), (point.peak / MIB, point.time),
-                             fontsize=6, rotation=30, xytext=(2, 2), textcoords="offset points")
+    switched = dict(switch_order(points))
+    for before, point in zip(points, points[1:]):  # label a technique where it first switches on, going down
+        new = [t for t in point.plan.techniques if switched.get(t) == before.peak and t not in before.plan.techniques]
+        if new:
+            time_ax.annotate("+" + ", ".join(new), (point.peak / MIB, point.time), fontsize=7, xytext=(3, 3),
+                             textcoords="offset points")
     time_ax.axvline(budget_bytes / MIB, color="C3", lw=1.5, label="budget")
-    time_ax.axvspan(0, lowest / MIB, color="0.85", label="nothing fits")
+    time_ax.axvspan(lowest / MIB / 1.5, lowest / MIB, color="0.85", label="nothing fits")
     time_ax.set_xscale("log")
     time_ax.set_xlim(lowest / MIB / 1.5, highest * 1.5 / MIB)
+    time_ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    time_ax.xaxis.set_major_formatter(ScalarFormatter())
+    time_ax.xaxis.set_minor_formatter(NullFormatter())
     time_ax.set(xlabel="budget per device (MiB)", ylabel="predicted step time (x plain)",
                 title=title or "the planner's choice at every budget")
     time_ax.legend(fontsize=7, loc="upper right")
@@ -195,12 +199,12 @@ def draw_budget(axes, points: list[FrontierPoint], budget_bytes: float, *, seed:
         plan, peak, t, fits = seed[-1]
         bars.append(("seed's ladder" + ("" if fits else " (never fits)"), plan, peak, t))
     for i, (name, plan, peak, t) in enumerate(bars):
-        plan_ax.barh(i, peak / MIB, color="C0" if i == 0 else "C1")
+        plan_ax.barh(i, peak / MIB, height=0.45, color="C0" if i == 0 else "C1")
         text = "nothing fits" if plan is None else f"x{t:.2f} time: {_label(plan)}"
-        plan_ax.text(0, i + 0.42, f"{name}: {text}", fontsize=7, va="bottom")
+        plan_ax.text(0, i + 0.3, f"{name}: {text}", fontsize=7, va="bottom")
     plan_ax.axvline(budget_bytes / MIB, color="C3", lw=1.5)
     plan_ax.set_yticks([])
-    plan_ax.set_ylim(-0.6, len(bars) - 0.1 + 0.5)
+    plan_ax.set_ylim(-0.5, len(bars) - 0.2)
     plan_ax.set_xlim(0, max([budget_bytes] + [b[2] for b in bars]) * 1.15 / MIB)
     plan_ax.set(xlabel="predicted peak per device (MiB)", title=f"at {format_bytes(budget_bytes)} per device")
 
@@ -228,12 +232,3 @@ def budget_explorer(model, *, devices: int = 1, effective_batch: int = 8, seq_le
                                        description="budget", **wide(12, label="5em")),
         finetuning=widgets.ToggleButtons(options=list(spaces), description="fine-tuning"),
     )
-
-
-def render_budget(points, budget_bytes, seed=None, title: str = "") -> bytes:
-    """draw_budget as PNG bytes (what the slider shows at one position)."""
-    return render_png(draw_budget, figsize=(10, 3.4), ncols=2, points=points, budget_bytes=budget_bytes, seed=seed,
-                      title=title)
-
-
-SEED = SEED_ORDER  # the seed's order, re-exported for the notebook's table
