@@ -89,6 +89,11 @@ COMPUTED = {
     "qlora-65b-base-gb": 65e9 * (4 + 8 / 64 + 32 / (64 * 256)) / 8 / 1e9,
     "qlora-full-finetune-65b": 65e9 * (2 + 2 + 4 + 4) / 1e9,
     "qlora-8bit-adam-bytes": 2 * (1 + 4 / 2048),
+    "capstone-7b-full-finetune-model-states": 16 * LLAMA7B / 1e9,
+    "capstone-zero3-gpus-for-7b": math.ceil(16 * LLAMA7B / 24e9),
+    "capstone-checkpointing-time": (2 + 4 + 2) / 6,
+    "capstone-lora-time": (2 + 2) / 6,
+    "capstone-24gb-in-gib": 24e9 / 2**30,
 }
 
 SEED_LORA_IDS = [
