@@ -230,5 +230,5 @@ def budget_explorer(model, *, devices: int = 1, effective_batch: int = 8, seq_le
         draw, "Budget slider: the planner's plan and the seed's ladder at each budget", figsize=(10, 3.4), ncols=2,
         budget=widgets.SelectionSlider(options=[(format_bytes(b), b) for b in budgets], value=budgets[steps // 2],
                                        description="budget", **wide(12, label="5em")),
-        finetuning=widgets.ToggleButtons(options=list(spaces), description="fine-tuning"),
+        finetuning=widgets.Dropdown(options=list(spaces), description="fine-tuning", **wide(22, label="6em")),
     )

@@ -18,8 +18,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from efftrain_lib.capstone_explorer import (Dashboard, draw_budget, draw_dashboard, eta_seconds, plan_at,
-                                            switch_order)
+from efftrain_lib.capstone_explorer import (Dashboard, budget_explorer, draw_budget, draw_dashboard, eta_seconds,
+                                            plan_at, switch_order)
 from efftrain_lib.checkpointing import enable_checkpointing
 from efftrain_lib.launcher import WorkerGroup
 from efftrain_lib.meter import MIB
@@ -183,3 +183,16 @@ def test_the_slider_shows_the_planners_choice_and_the_seeds_ladder():
     budget = 1.45 * MIB
     draw_budget(axes, points, budget, seed=seed_ladder(config, budget, 1, 8, seq_len=64))
     assert len(axes[1].patches) == 2  # the planner's bar and the seed's
+
+
+def test_the_budget_slider_builds_and_redraws_at_every_budget_and_choice():
+    pytest.importorskip("ipywidgets")
+    box = budget_explorer(tiny_config(), devices=1, effective_batch=8, seq_len=64, steps=6)
+    controls = box.children[0].children
+    slider = next(w for w in controls if getattr(w, "description", "") == "budget")
+    toggle = next(w for w in controls if getattr(w, "description", "") == "fine-tuning")
+    for choice in toggle.options:
+        toggle.value = choice
+        for _, budget in slider.options:  # the first is below every plan: "nothing fits" is drawn, not raised
+            slider.value = budget
+    assert "Budget slider" in repr(box)

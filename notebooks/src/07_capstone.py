@@ -307,14 +307,20 @@ print("allocator within 10% of allocator_peak on every device:",
 # budget of 1.2 MiB:
 
 # %%
-# NBVAL_CHECK_OUTPUT
 from efftrain_lib.plan_runs import BudgetExceeded, run_plan
 
 too_big = replace(chosen, devices=1, sharding_stage=0, micro_batch_size=8, accumulation_steps=1)
 try:
     run_plan(too_big, steps=3, budget_bytes=1.2 * MIB, profile_step=None)
+    stopped = None
 except BudgetExceeded as error:
+    stopped = error
     print("BudgetExceeded:", error)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("the run stopped at its first step, naming the meter's phase:",
+      stopped is not None and str(stopped).startswith("step 0 went over the budget") and "at 'forward'" in str(stopped))
 
 # %% [markdown]
 # ## 6. The combination is still right
