@@ -31,6 +31,9 @@ Exploring:
   *_explorer      each chapter's slider logic        memory_advisor  "which technique do I need?"
   distributed_runs, sharding_runs  chapter 5's experiments, run in every rank
   distributed_train                the torchrun entry point
+  planner         fit a model to a budget: plans, their peak and step time, the choice, the why-table
+  plan_runs       a plan run for real, measured against it   fit   the planner as a tool (python -m)
+  capstone        chapter 7's exercise API, gathered
 Teaching:
   chapters        the chapter registry               grade, grading  the exercise grader
   grade_runner, grade_child  where the learner's code runs: a child process the grader can kill

@@ -101,6 +101,8 @@ _COURSE = (
     Chapter("distributed", 5, "Beyond one machine: DDP, ZeRO, FSDP", "05_distributed.ipynb",
             ("ddp", "data_parallel", "zero", "fsdp")),
     Chapter("qlora", 6, "QLoRA: a 4-bit base under LoRA", "06_qlora.ipynb", ("nf4",)),
+    Chapter("capstone", 7, "Capstone: fit a model to a budget with every technique at once", "07_capstone.ipynb",
+            ("fit", "planner")),
 )
 
 # key -> Chapter, in course order. The one registry: efftrain_lib.grading re-exports this very dict.

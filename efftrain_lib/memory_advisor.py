@@ -67,13 +67,28 @@ class Option:
         return f"{self.name:<58} {self.peak_bytes / GB:8.1f} GB  x{self.time_factor:.2f} time  {mark}{micro}"
 
 
-def time_factor(checkpointing: bool, lora: bool, mixed_precision: bool, mixed_precision_speedup: float = 2.0) -> float:
-    """Predicted step time relative to the plain fp32 step, from FLOPs (see the module docstring)."""
+def time_factor(checkpointing: bool | float, lora: bool, mixed_precision: bool,
+                mixed_precision_speedup: float = 2.0) -> float:
+    """Predicted step time relative to the plain fp32 step, from FLOPs (see the module docstring).
+
+    checkpointing: True / False, or the fraction of the decoder layers recomputed (0..1: the planner's
+    checkpointing of some layers recomputes that fraction of the forward)."""
     if mixed_precision_speedup <= 0:
         raise ValueError(f"mixed_precision_speedup must be positive, got {mixed_precision_speedup}")
+    recomputed = float(checkpointing)
+    if not 0.0 <= recomputed <= 1.0:
+        raise ValueError(f"checkpointing must be a bool or a fraction of the layers in [0, 1], got {checkpointing!r}")
     forward, backward = 2.0, (2.0 if lora else 4.0)
-    flops = forward + backward + (2.0 if checkpointing else 0.0)
+    flops = forward + backward + 2.0 * recomputed
     return flops / 6.0 / (mixed_precision_speedup if mixed_precision else 1.0)
+
+
+def mixed_precision_policy(lora: bool) -> str:
+    """The estimator's precision that "mixed precision" means here. Full fine-tuning: torch.autocast over
+    fp32 weights ("bf16_autocast"). With LoRA: a bf16 model ("bf16"), since under autocast an fp32 frozen
+    base would be re-cast on every call and each bf16 copy kept for backward (2 bytes/param more than
+    fp32 LoRA: the estimator and the meter both show it)."""
+    return "bf16" if lora else "bf16_autocast"
 
 
 def _divisors_desc(n: int) -> list[int]:
@@ -116,10 +131,7 @@ def advise(model, *, batch_size: int, seq_len: int, budget_gb: float, optimizer:
         if q4 and not lora:
             continue  # a quantized base must be frozen: it needs LoRA
         formats = ("nf4_dq" if q4 else "same", "8bit" if q8 else "same")
-        # Mixed precision for full fine-tuning is torch.autocast over fp32 weights. With LoRA it means a
-        # bf16 base: under autocast an fp32 frozen base would be re-cast on every call and each bf16 copy
-        # kept for backward (2 bytes/param more than fp32 LoRA: the estimator and the meter both show it).
-        precision = ("bf16" if lora else "bf16_autocast") if mp else "fp32"
+        precision = mixed_precision_policy(lora) if mp else "fp32"
         rank = lora_rank if lora else None
         micros = _divisors_desc(batch_size)[1:] if acc else [batch_size]
         if acc and not micros:

@@ -61,11 +61,14 @@ class _DequantizedLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        # Read saved_tensors once: under non-reentrant checkpointing each read unpacks again, and a
+        # second one is refused ("Unpack is being triggered for a tensor that was already unpacked").
+        parts = ctx.saved_tensors
         grad_x = None
         if ctx.needs_input_grad[0]:
-            weight = ctx.layer.dequantize_from(ctx.saved_tensors, grad_output.dtype)  # dequantized again
+            weight = ctx.layer.dequantize_from(parts, grad_output.dtype)  # dequantized again
             grad_x = grad_output @ weight
-        return (grad_x, None, None) + (None,) * len(ctx.saved_tensors)
+        return (grad_x, None, None) + (None,) * len(parts)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

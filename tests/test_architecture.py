@@ -22,7 +22,8 @@ LAYERS = {
     "measuring": {"saved_tensors", "meter", "memory", "memory_replay", "memory_validation", "collectives"},
     "exploring": {"widgets", "liveplot", "memory_advisor", "lora_explorer", "checkpointing_explorer",
                   "precision_explorer", "accumulation_explorer", "memory_explorer", "qlora_explorer",
-                  "distributed_runs", "sharding_runs", "distributed_train", "distributed_explorer"},
+                  "distributed_runs", "sharding_runs", "distributed_train", "distributed_explorer", "planner",
+                  "plan_runs", "capstone", "capstone_explorer", "fit"},
     "teaching": {"chapters", "grade", "grade_runner", "grade_child", "grading", "drill"},
 }
 RANK = {name: rank for rank, layer in enumerate(LAYERS.values()) for name in layer}

@@ -102,6 +102,11 @@ COMPUTED = {
     "prec-tf32-mantissa": 10,
     "acc-large-batch-lr": 0.1 * 8192 / 256,
     "mem-autocast-activations-ratio": 14.989 / 21.989,  # chapter 3's section 8 table of the same step, in MiB
+    "capstone-7b-full-finetune-model-states": 16 * LLAMA7B / 1e9,
+    "capstone-zero3-gpus-for-7b": math.ceil(16 * LLAMA7B / 24e9),
+    "capstone-checkpointing-time": (2 + 4 + 2) / 6,
+    "capstone-lora-time": (2 + 2) / 6,
+    "capstone-24gb-in-gib": 24e9 / 2**30,
 }
 
 SEED_LORA_IDS = [

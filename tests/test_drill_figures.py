@@ -22,6 +22,9 @@ from efftrain_lib.drill.bank import default_bank_path, read_figures
 from efftrain_lib.drill.figures import CITED, COMPUTED, FIGURES, MEASURED, compute_all, figures_path, main, section_outputs, stale
 from efftrain_lib.memory import GB, estimate_training_memory
 from efftrain_lib.memory_advisor import devices_needed
+from efftrain_lib.meter import MIB
+from efftrain_lib.plan_runs import tiny_config
+from efftrain_lib.planner import Plan, SearchSpace, choose_plan, peak_bytes, step_time
 
 ROOT = Path(__file__).resolve().parents[1]
 BANK = load_bank()
@@ -170,7 +173,29 @@ QUOTED = {
         ("needs {:.0f} GB per GPU", lambda: _gpus_70b(sharding_stage=2)[1].allocator_peak / GB),
         ("ZeRO-3 fits on {:d}", lambda: _gpus_70b(sharding_stage=3)[0]),
     ],
+    "capstone-what-to-turn-on": [
+        ("~{:.0f} GB predicted at the allocator", lambda: peak_bytes(_plan_7b_24gb(), "Llama-2-7B") / GB),
+        ("x{:.2f} the plain step's predicted time", lambda: step_time(_plan_7b_24gb(), "Llama-2-7B")),
+    ],
+    "capstone-zero3-gpus-for-7b": [
+        ("({:.1f} GB predicted per GPU", lambda: peak_bytes(_plan_7b_zero3(), "Llama-2-7B") / GB),
+    ],
+    "capstone-autocast-does-not-halve": [
+        ("goes from {:.1f}", lambda: peak_bytes(Plan(64, 8), tiny_config()) / MIB),
+        ("to {:.1f} MiB with bf16 autocast", lambda: peak_bytes(Plan(64, 8, precision="bf16_autocast"), tiny_config()) / MIB),
+        ("autocast: x{:.2f}, not", lambda: peak_bytes(Plan(64, 8, precision="bf16_autocast"), tiny_config())
+         / peak_bytes(Plan(64, 8), tiny_config())),
+    ],
 }
+
+
+def _plan_7b_24gb():
+    return choose_plan("Llama-2-7B", 24 * GB, devices=1, effective_batch=16, seq_len=2048)
+
+
+def _plan_7b_zero3():
+    return choose_plan("Llama-2-7B", 24 * GB, devices=8, effective_batch=16, seq_len=2048,
+                       space=SearchSpace(finetuning=("full",), sharding_stages=(3,)))
 
 
 @pytest.mark.parametrize("card_id", QUOTED)

@@ -225,6 +225,7 @@ INDEPENDENT = {
     "gen-ring-allreduce": lambda p: 2 * (p["ranks"] - 1) / p["ranks"] * p["mb"],
     "gen-quantized-base": _base_by_hand,
     "gen-8bit-state": lambda p: 8 * p["n"] if p["n"] < 4096 else 2 * (p["n"] + 4 * math.ceil(p["n"] / 2048)),
+    "gen-plan-step-time": lambda p: (2 + (2 if p["lora"] else 4) + 2 * p["fraction"]) / 6 / (p["speedup"] or 1),
 }
 
 

@@ -5,7 +5,7 @@
 
 A numeric card in questions.toml types no number. Its answer is the figure registered under the card's
 id (efftrain_lib/drill/figures_registry.py; the figures themselves live by chapter in figures_memory_lora,
-figures_techniques and figures_sharding_quantization), with the classic wrong methods beside it (MB read as MiB, GiB typed as GB, tied embeddings,
+figures_techniques, figures_sharding_quantization and figures_capstone), with the classic wrong methods beside it (MB read as MiB, GiB typed as GB, tied embeddings,
 fp16 bytes for fp32 ones...): the drill names the mistake when a learner's number is one of them, and
 tests/test_drill_figures.py proves that the card's tolerance rejects every one of them. A figure is
 
@@ -28,7 +28,12 @@ import math
 import sys
 from pathlib import Path
 
-from efftrain_lib.drill import figures_memory_lora, figures_sharding_quantization, figures_techniques  # noqa: F401  (they register)
+from efftrain_lib.drill import (  # noqa: F401  (they register)
+    figures_capstone,
+    figures_memory_lora,
+    figures_sharding_quantization,
+    figures_techniques,
+)
 from efftrain_lib.drill.bank import FIGURES_FILE, default_bank_path
 from efftrain_lib.drill.figures_registry import CITED, COMPUTED, FIGURES, MEASURED, Figure, section_outputs
 

@@ -357,3 +357,31 @@ def _eight_bit_state(p):
          f"tensors under 4,096 values keep 32-bit state) on a tensor of {n:,} values: bytes of optimizer state?")
     return q, f"{nbytes:,} bytes.", nbytes, {"fp32 m and v": 8 * n, "no absmax counted": 2 * n,
                                               "the small-tensor rule forgotten": 2 * (n + 4 * math.ceil(n / 2048))}
+
+
+# ------------------------------------------------------------------------------------------------
+# Chapter 7: the capstone
+# ------------------------------------------------------------------------------------------------
+
+@generator("gen-plan-step-time", "capstone", 2, "x", 0.01, "07_capstone.ipynb § 2. The step time: FLOPs, plus what FLOPs do not see",
+           "memory_advisor.time_factor (6PD; LoRA 4PD; +2PD per recomputed forward; / the mixed-precision speedup)",
+           lambda rng: dict(lora=rng.random() < 0.5, fraction=rng.choice([0, 0.25, 0.5, 0.75, 1.0]),
+                            speedup=rng.choice([None, 1.5, 2.0, 3.0])))
+def _plan_step_time(p):
+    mixed = p["speedup"] is not None
+    speedup = p["speedup"] or 2.0
+    factor = time_factor(p["fraction"], p["lora"], mixed, speedup)
+    what = ["LoRA (the base frozen)" if p["lora"] else "full fine-tuning",
+            f"{p['fraction']:.0%} of the layers checkpointed",
+            f"mixed precision {p['speedup']:g}x faster per FLOP" if mixed else "fp32"]
+    q = (f"A plan: {', '.join(what)}. By FLOPs (forward 2PD, backward 4PD of which 2PD weight gradients, a "
+         "recomputed forward 2PD per checkpointed layer), what is its step time as a factor of the plain fp32 "
+         "full fine-tuning step?")
+    backward = 2 if p["lora"] else 4
+    a = (f"(2 + {backward} + 2 x {p['fraction']:g}) / 6" + (f" / {p['speedup']:g}" if mixed else "")
+         + f" = x{factor:.3f}.")
+    wrong = {"the recomputation forgotten": time_factor(0.0, p["lora"], mixed, speedup),
+             "LoRA's missing weight gradients not counted": time_factor(p["fraction"], False, mixed, speedup)}
+    if mixed:
+        wrong["the mixed-precision speedup forgotten"] = time_factor(p["fraction"], p["lora"], False)
+    return q, a, factor, wrong

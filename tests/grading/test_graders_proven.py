@@ -21,6 +21,7 @@ import json
 
 import pytest
 import test_accumulation_graders
+import test_capstone_graders
 import test_checkpointing_graders
 import test_distributed_graders
 import test_lora_graders
@@ -35,7 +36,7 @@ from efftrain_lib.grading import CHAPTERS as REGISTERED
 PROOFS: list[ChapterProof] = [m.PROOF for m in (test_memory_math_graders, test_lora_graders,
                                                  test_checkpointing_graders, test_loss_scaling_graders,
                                                  test_accumulation_graders, test_distributed_graders,
-                                                 test_qlora_graders)]
+                                                 test_qlora_graders, test_capstone_graders)]
 # ids name the check function: `pytest tests/grading -k output_equals_base_at_init` selects its proofs
 CHECK_CASES = [pytest.param(c, f"{check.exercise} {check.name}", id=f"{c}-{check.exercise}-{check.function}")
                for c in PROOFS for check in c.graders.CHECKS]

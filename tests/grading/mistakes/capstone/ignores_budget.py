@@ -1,0 +1,26 @@
+"""Mistake: the fastest plan of all, whether or not it fits the budget."""
+
+from pathlib import Path
+
+from efftrain_lib.grade import load_module
+from efftrain_lib.planner import step_time
+
+_solution = load_module(Path(__file__).resolve().parents[4] / "solutions" / "capstone.py")
+
+# Every check this mistake fails, and words its message (discrepancy + hint) must contain.
+CAUGHT_BY = {
+    'the plan fits the budget': ['budget was ignored'],
+}
+
+
+def _choose_plan(model_config, budget_bytes, devices=1, effective_batch=8, *, seq_len=None, space=None, costs=None):
+    _solution.check_budget(budget_bytes)
+    peaks = _solution.plan_peaks(model_config, devices, effective_batch, seq_len, space)
+    if min(peaks.values()) > budget_bytes:
+        raise ValueError(f"nothing fits: the smallest plan needs {min(peaks.values()):,} bytes")
+    return min(peaks, key=lambda plan: step_time(plan, model_config, costs))  # BUG: the budget is never checked
+
+
+_solution.choose_plan = _choose_plan
+
+peak_bytes, choose_plan, minimum_budget = _solution.peak_bytes, _solution.choose_plan, _solution.minimum_budget
