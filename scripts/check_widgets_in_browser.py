@@ -32,6 +32,7 @@ kernel down before the next:
                     on; Next skips; a numeric card's Check says wrong / right (numeric cards are found by
                     stepping with Next; a chapter without one left says so as INFO, not a failure); the
                     progress file gets the results
+  mock interview    (the capstone) Start shows the first question and the countdown ticks down
   live memory plot  (chapters with one) its picture appears and is redrawn during training; the tqdm
                     bars render
   widgets           no widget anywhere is stuck on "Loading widget..." or "Error displaying widget"
@@ -368,7 +369,7 @@ class Checker:
             if not any(WIDGET_MIME in o.get("data", {}) for o in c["outputs"]):
                 continue
             source = self.js("i => window.__eff.nb().widgets[i].model.sharedModel.getSource()", c["index"])
-            if "quiz(" in source or "LiveMemoryPlot(" in source:
+            if "quiz(" in source or "LiveMemoryPlot(" in source or "mock_interview(" in source:
                 continue
             tag = f"e{c['index']}"
             self.js("([i, t]) => window.__eff.show(i, t)", [c["index"], tag])
@@ -519,6 +520,40 @@ class Checker:
         except Exception as e:
             self.shot(self.page.locator("[data-eff=quiz]"), "quiz_exception")
             self.report.add("quiz", False, f"{type(e).__name__}: {e}")
+
+    def check_mock(self) -> None:
+        """The mock interview's widget, where a notebook has one: Start shows the first question, and the
+        clock, ticked by the browser's Play widget, counts down."""
+        index = self.js("t => window.__eff.findCell(t)", "mock_interview(")
+        if index < 0:
+            return
+        try:
+            self.js("([i, t]) => window.__eff.show(i, t)", [index, "mock"])
+            cell = self.page.locator("[data-eff=mock]")
+            cell.wait_for(state="attached", timeout=10_000)
+            problem = self.wait_widgets_rendered(cell)
+            self.report.add("mock interview: widget draws", not problem, problem or "")
+            if problem:
+                return
+
+            def clock():
+                return cell.locator("b").first.inner_text().strip()
+
+            before = clock()
+            cell.get_by_role("button", name="Start", exact=True).click()
+            self.page.wait_for_timeout(1_500)
+            started = clock()
+            self.page.wait_for_timeout(2_500)
+            later = clock()
+            self.shot(cell, "mock_started")
+            self.report.add("mock interview: Start starts the clock", "press Start" in before and "left" in started,
+                            f"{before!r} -> {started!r}")
+            self.report.add("mock interview: the countdown ticks", started != later and "left" in later,
+                            f"{started!r} -> {later!r} in 2.5 s")
+            text = cell.inner_text()
+            self.report.add("mock interview: the first question is shown", "Reveal" in text, text[:120])
+        except Exception as e:
+            self.report.add("mock interview", False, f"{type(e).__name__}: {e}")
 
     def saved_widget_views(self) -> str:
         """Before running: what the notebook's saved widget outputs show (information, not a check)."""
@@ -746,6 +781,7 @@ def check_notebook(page, url: str, name: str, fresh: bool, args, out: Path, repo
     for index, explorer in explorers:
         checker.check_explorer(index, explorer, args.redraw_timeout)
     checker.check_quiz()
+    checker.check_mock()
     checker.check_widgets_everywhere()
     checker.check_errors()
     widget_errors = [e for e in console_errors if "widget" in e.lower() or "model" in e.lower()]

@@ -240,6 +240,9 @@ MEASURED_QUOTES = {
     "qlora-double-quant-saving-65b": ("06_qlora.ipynb § 8. \"65B on 48 GB\", by the course's own estimator",
                                       [("44.6 vs", "44.6 GB"), ("vs 47.7 GB", "47.7 GB")]),
     "qlora-full-finetune-65b": (None, [("gives 783 GB", "783 GB")]),
+    "capstone-combination-still-right": (None, [("max |diff| 3.4e-8", "max |diff| 3.4e-08"),
+                                                ("up to 4e-2", "largest entry 3.99e-02"),
+                                                ("within 0.05%", "the loss: 0.05%")]),
 }
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?", re.I)
 

@@ -144,7 +144,8 @@ print(f"measured here: mixed precision speedup {cpu_costs.mixed_precision_speedu
 
 # %% [markdown]
 # The FLOP column is the same on every machine; the measured one is this machine's, and it moves from run to
-# run by a few percent (other processes share the cores). What FLOPs cannot know is the hardware: on this CPU
+# run: the small costs (each extra micro-batch, the dequantization) are differences of two timings, and when
+# other processes share the cores they can move by tens of percent between runs of this cell. What FLOPs cannot know is the hardware: on this CPU
 # bf16 matmuls have no faster units to run on (chapter 3), and every micro-batch pays fixed costs (Python, one
 # launch per op, small matmuls that use the core less well), so the measured costs differ from the GPU's. A
 # model this small also hides part of LoRA's saving behind the adapters' own small matmuls and per-tensor
@@ -367,8 +368,8 @@ print("bf16's loss curve within 1% of fp32's:", band <= 0.01)
 # `planner.frontier` lists every plan the planner picks at some budget, from the largest budget down: each one
 # needs less memory and more time than the one before. The slider moves the budget along it and shows the
 # planner's plan beside the seed's ladder (mixed precision, then checkpointing every layer, then accumulation,
-# then LoRA, stopping at the first rung that fits); the toggle restricts the plans to full fine-tuning. Open
-# the notebook in JupyterLab to move it.
+# then LoRA, stopping at the first rung that fits); the fine-tuning menu allows LoRA and QLoRA or restricts
+# the plans to full fine-tuning. Open the notebook in JupyterLab to move it.
 
 # %%
 from efftrain_lib.capstone_explorer import budget_explorer, draw_budget, switch_order
@@ -493,3 +494,17 @@ check("capstone", impl="solutions")
 from efftrain_lib.drill import quiz
 
 quiz("capstone")
+
+# %% [markdown]
+# ## 12. Mock interview
+#
+# Every chapter at once, against the clock: press **Start** and the countdown runs. Cards you missed before
+# come first; generated questions draw new numbers each time and the library computes their answers as they
+# are asked (a 13B model's ZeRO-2 bytes, a LoRA's parameters, a plan's step time...); whiteboard cards are
+# graded by the chapter's grader. At the end: the score by topic and the three topics to revisit, with the
+# notebook sections to reread. The same in a terminal: `python -m efftrain_lib.drill --mock 30`.
+
+# %%
+from efftrain_lib.drill.mock_widget import mock_interview
+
+mock_interview(30)
