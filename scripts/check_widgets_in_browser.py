@@ -536,8 +536,8 @@ class Checker:
             if problem:
                 return
 
-            def clock():
-                return cell.locator("b").first.inner_text().strip()
+            def clock():  # the clock label (the header above it is bold too)
+                return cell.locator("b[style*=tabular-nums]").first.inner_text().strip()
 
             before = clock()
             cell.get_by_role("button", name="Start", exact=True).click()

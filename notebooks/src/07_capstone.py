@@ -430,6 +430,7 @@ autocast_tiny = replace(plain_tiny, precision="bf16_autocast")
 ladder = seed_ladder(tiny, budget, 2, 16, seq_len=64)
 ladder_plan, ladder_peak, ladder_time, _ = ladder[-1]
 checkpointed = replace(plain_tiny, checkpointed_layers=tiny.n_layers)
+plain_estimate = estimate_plan(plain_tiny, tiny)
 myths = [
     ("先试 Mixed Precision：最简单，一行代码减半显存 (mixed precision first: one line, half the memory)",
      f"Autocast keeps fp32 weights, gradients and Adam state and adds bf16 copies: the tiny model's plain step "
@@ -441,8 +442,8 @@ myths = [
      f"Measured here x{timed['checkpointing (every layer)'][1]:.2f} time for every layer (the FLOP model's x1.33). "
      f"What it saves depends on what dominates: "
      f"{format_bytes(peak_bytes(plain_tiny, tiny))} → {format_bytes(peak_bytes(checkpointed, tiny))} for the tiny "
-     "model's plain step, where the model states dominate; for 7B at 2,048 tokens it is the difference between "
-     "fitting and not (section 3's table)."),
+     f"model's plain step, whose held peak is {plain_estimate.activations / plain_estimate.peak_bytes:.0%} "
+     "activations; for 7B at 2,048 tokens it is the difference between fitting and not (section 3's table)."),
     ("The seed's order is the order to try",
      f"At {format_bytes(budget)} on two devices the seed's ladder lands on {' + '.join(ladder_plan.techniques)} "
      f"(x{ladder_time:.2f} predicted time); the planner's plan takes x{step_time(chosen, tiny):.2f}. LoRA, last in "
