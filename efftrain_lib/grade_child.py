@@ -217,6 +217,13 @@ def _work(job: dict, replies: int) -> None:
     def send(**message) -> None:
         if os.getpid() != pid:  # a process the learner's code forked came back into the grader: stop it
             os._exit(0)
+        # Where the output file ends now (prints are unbuffered, so all of them are in it): the parent
+        # reads up to here, so output printed after this message (the next check's, even a crash dump
+        # written while the parent is still reading) is not taken for this one's.
+        try:
+            message["output_end"] = os.path.getsize(job["output"])
+        except OSError:  # the learner's code removed the file: the parent reads to the end
+            pass
         write_message(replies, message)
 
     import torch

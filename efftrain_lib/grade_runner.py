@@ -220,8 +220,12 @@ class _Output:
         self._offset = 0
         return self
 
-    def take(self) -> str:
+    def take(self, end: int | None = None) -> str:
+        """What was printed since the last take, up to byte `end` (where the worker said its output
+        stood when it sent the message being handled) or to the end of the file."""
         size = os.fstat(self._file.fileno()).st_size
+        if isinstance(end, int) and self._offset <= end < size:
+            size = end
         start = max(self._offset, size - 4 * MAX_OUTPUT)  # a learner printing in a loop: keep the end
         self._file.seek(start)
         text = _without_module_list(self._file.read(size - start).decode("utf-8", errors="replace"))
@@ -264,7 +268,7 @@ class _Grading:
 
     def _load(self, pending: list[int]) -> bool:
         message = self.worker.server.reply(self.timeout)
-        printed = self.output.take()
+        printed = self.output.take(message.get("output_end"))
         if not self._loaded_once:  # a fresh worker loads the file again: its prints are not news
             self.load_output = printed
         if message["op"] == "loaded":
@@ -288,7 +292,7 @@ class _Grading:
             seconds, start = time.perf_counter() - start, time.perf_counter()
             if message["op"] == "result" and message["index"] == index:
                 self.results[index] = Ran(message["status"], message["detail"], message["hint"],
-                                          message["seconds"], self.output.take())
+                                          message["seconds"], self.output.take(message.get("output_end")))
                 continue
             if message["op"] == "timeout":
                 self.worker.kill()

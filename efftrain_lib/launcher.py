@@ -52,6 +52,11 @@ from multiprocessing.connection import wait as wait_for_connections
 from typing import Any, Callable, Iterator
 
 import torch
+# Before any process group exists, on purpose: torch._dynamo (which the first optimizer imports anyway)
+# keeps a reference to the default group when it is imported while one exists, so destroy_process_group
+# leaves the group's gloo threads running until the interpreter exits, where tearing them down now and
+# then aborts a finished rank ("terminate called without an active exception"). Checked on torch 2.13.
+import torch._dynamo  # noqa: F401
 import torch.distributed as dist
 import torch.multiprocessing as mp
 

@@ -14,6 +14,8 @@ Tolerances (float32, a few AdamW steps at lr 1e-2 on the tiny model; sums in ano
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -64,6 +66,26 @@ def test_a_ranks_exception_is_reraised_with_its_traceback(group):
     assert isinstance(cause, launcher.RemoteTraceback)
     assert "Traceback of rank" in str(cause) and "distributed_runs.py" in str(cause)
     assert group.alive  # every rank answered: the group is kept
+
+
+LEFT_THREADS = """
+import os, torch, torch.distributed as dist
+from efftrain_lib import launcher
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())  # a rank's first optimizer imports torch._dynamo
+dist.destroy_process_group()
+print(sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc (Linux)")
+def test_a_destroyed_group_leaves_no_gloo_threads_behind():
+    # torch._dynamo, imported while a group exists (by the first optimizer), kept the group alive after
+    # destroy_process_group; its threads ran on until exit, where their teardown now and then aborted a
+    # finished torchrun rank. The launcher imports torch._dynamo before any group exists.
+    proc = subprocess.run([sys.executable, "-c", LEFT_THREADS], capture_output=True, text=True, timeout=120,
+                          check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert "gloo" not in proc.stdout, proc.stdout
 
 
 def test_functions_the_ranks_cannot_import_are_refused(group):

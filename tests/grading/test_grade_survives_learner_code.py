@@ -217,6 +217,23 @@ def test_prints_are_reported_with_the_check_that_printed_them(demo, capfd):
     assert_solutions_still_pass()
 
 
+def test_a_slow_reader_still_gives_each_check_its_own_output(demo, monkeypatch):
+    # The worker runs on while the grader handles a message: a grader busy elsewhere (a loaded machine)
+    # used to read the next check's prints, or the first lines of a crash dump, as this one's.
+    slow_take = grade_runner._Output.take
+
+    def late(self, *end):
+        time.sleep(0.5)  # by now the worker has loaded the file, run add and printed in mul
+        return slow_take(self, *end)
+
+    monkeypatch.setattr(grade_runner._Output, "take", late)
+    text = "print('at import')\ndef add(a, b):\n    print('in add')\n    return a + b\n\ndef mul(a, b):\n" \
+           "    print('in mul')\n    return a * b\n"
+    report = grade("demo", write_demo(demo, text))
+    assert report.all_passed and report.output == "at import\n"
+    assert [r.output for r in report.results] == ["in add\n", "in mul\n"]
+
+
 def test_json_stays_parseable_when_the_learner_prints(demo, capfd):
     assert main(["demo", "--impl", str(write_demo(demo, PRINTS)), "--json"]) == 0
     out, err = capfd.readouterr()
