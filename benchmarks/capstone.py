@@ -114,10 +114,13 @@ def time_checks(repeats: int) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=4, help="training steps per run (>= 2: the allocator is read "
+                        "on the second, after the first has created the optimizer state)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error(f"--steps must be >= 2 (the allocator is profiled on step 2), got {args.steps}")
     torch.set_num_threads(args.threads)
     print(describe(get_device()))
     results = [search_checks(args.repeats), memory_checks(args.steps), time_checks(args.repeats)]

@@ -116,9 +116,8 @@ def bench_precisions(device, get_batch, repeats, inner):
     time_bf16, time_fp32, ratio = median_ratio(bf16[4], fp32[4], device, repeats, inner)
     meter_peaks, profiler_peaks = {}, {}
     for name, (model, optimizer, inputs, targets, run), dtype in (("fp32", fp32, None), ("bf16", bf16, torch.bfloat16)):
-        meter = MemoryMeter()
-        with meter.step(model, optimizer):
-            train_step(model, optimizer, None, inputs, targets, language_model_loss, None, dtype, mark=meter.mark)
+        meter = MemoryMeter()  # the step opens the meter's record itself
+        train_step(model, optimizer, None, inputs, targets, language_model_loss, None, dtype, meter=meter)
         meter_peaks[name] = meter.last.peak
         profiler_peaks[name] = profiler_peak_bytes(run) if device.type == "cpu" else None
     return (time_fp32, time_bf16, ratio), meter_peaks, profiler_peaks
