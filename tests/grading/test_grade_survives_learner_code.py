@@ -12,6 +12,7 @@ from __future__ import annotations
 import _thread
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -120,6 +121,9 @@ def test_an_interrupt_stops_the_check_and_the_grader_stays_warm(demo):
     impl = write_demo(demo, "def add(a, b):\n    while True:\n        pass\n" + MUL)
     assert grade("demo", write_demo(demo / "good", GOOD_DEMO)).all_passed
     server = grade_runner._server
+    # A kernel handles SIGINT; a test run started in the background may have it ignored, and then
+    # interrupt_main does nothing (the grade would wait out its 300 s timeout).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.0, _thread.interrupt_main)
     timer.start()
     try:
@@ -127,6 +131,7 @@ def test_an_interrupt_stops_the_check_and_the_grader_stays_warm(demo):
             grade("demo", impl, timeout=300)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert grade_runner._server is server and _worker_processes() == []
     assert grade("demo", demo / "good").all_passed
 
