@@ -39,7 +39,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 benchmarks: setup
 	status=0; for b in benchmarks/*.py; do $(TEST_ENV) $(PYTHON_BIN) $$b || status=1; done; exit $$status
 
-# CI: every benchmark run once, as small as it goes, so none rots; a missed target does not fail it, a crash does.
+# Every benchmark run once, as small as it goes, so none rots unnoticed; a missed target does not fail it, a crash does.
 benchmarks-smoke: setup
 	$(TEST_ENV) $(PYTHON_BIN) scripts/smoke_benchmarks.py
 

@@ -49,6 +49,7 @@ class Chapter:
     aliases: tuple[str, ...] = ()  # other names learners use: "memory", "precision", ...
     grader: str = ""  # the grader module; default efftrain_lib.grading.<key>
     filename: str = ""  # the exercise file, in exercises/ and solutions/; default <key>.py
+    check_timeout_s: float | None = None  # seconds per check when the caller names none; None: the grader's
     # Filled in from the fields above: every name resolve() accepts for this chapter.
     names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
@@ -98,8 +99,10 @@ _COURSE = (
             ("precision", "mixed_precision")),
     Chapter("accumulation", 4, "Gradient accumulation", "04_gradient_accumulation.ipynb",
             ("gradient_accumulation",)),
+    # A grade's first check starts two ranks (each a fresh Python importing torch: ~3.5 s idle, past 10 s
+    # on a loaded 2-core machine); a hang inside a rank is still stopped after the grader's RANK_TIMEOUT_S.
     Chapter("distributed", 5, "Beyond one machine: DDP, ZeRO, FSDP", "05_distributed.ipynb",
-            ("ddp", "data_parallel", "zero", "fsdp")),
+            ("ddp", "data_parallel", "zero", "fsdp"), check_timeout_s=30.0),
     Chapter("qlora", 6, "QLoRA: a 4-bit base under LoRA", "06_qlora.ipynb", ("nf4",)),
     Chapter("capstone", 7, "Capstone: fit a model to a budget with every technique at once", "07_capstone.ipynb",
             ("fit", "planner")),

@@ -45,6 +45,7 @@ __all__ = ["DEFAULT_TIMEOUT_S", "ERROR", "FAIL", "PASS", "STUB", "TIMEOUT", "Gra
            "Result", "check", "find_repo_root", "grade", "load_module", "main", "resolve_impl"]
 
 DEFAULT_TIMEOUT_S = 10.0  # per check; every LoRA check takes well under a second on 2 CPU cores
+# (a chapter may ask for more: its Chapter.check_timeout_s, used when the caller names no timeout)
 
 
 # --------------------------------------------------------------------------- locating the code --
@@ -123,6 +124,11 @@ def grader_module(chapter: str) -> str:
     return spec.grader
 
 
+def default_timeout(chapter: str) -> float:
+    """Seconds per check when none is given: the chapter's own (if it names one), else DEFAULT_TIMEOUT_S."""
+    return _chapter(chapter).check_timeout_s or DEFAULT_TIMEOUT_S
+
+
 def valid_timeout(timeout: object) -> float:
     """The per-check timeout in seconds: a finite number > 0 (a check past it is killed)."""
     try:
@@ -135,11 +141,13 @@ def valid_timeout(timeout: object) -> float:
 
 
 def grade(chapter: str, impl: str | Path = "exercises", *, exercise: str | list[str] | None = None,
-          timeout: float = DEFAULT_TIMEOUT_S) -> "Report":
+          timeout: float | None = None) -> "Report":
     """Grade the chapter's file in `impl` (a directory or a .py file). Never raises for learner
-    errors: every problem becomes a row of the report."""
-    timeout = valid_timeout(timeout)
-    chapter = _chapter(chapter).key  # reports and messages use the canonical name, whichever alias was given
+    errors: every problem becomes a row of the report. timeout: seconds per check (None: the chapter's
+    own, else DEFAULT_TIMEOUT_S)."""
+    spec = _chapter(chapter)
+    timeout = valid_timeout(default_timeout(spec.key) if timeout is None else timeout)
+    chapter = spec.key  # reports and messages use the canonical name, whichever alias was given
     grader = grader_module(chapter)
     checks, exercises = grade_runner.describe(grader)
     selected = list(range(len(checks)))
@@ -272,7 +280,7 @@ class Report:
 
 
 def check(chapter: str, impl: str | Path = "exercises", *, exercise: str | list[str] | None = None,
-          timeout: float = DEFAULT_TIMEOUT_S) -> Report:
+          timeout: float | None = None) -> Report:
     """Grade from a notebook: returns a Report, shown as a table (HTML in Jupyter, text otherwise).
     Failing checks never raise, so a notebook executed in CI with the stubs runs through."""
     return grade(chapter, impl, exercise=exercise, timeout=timeout)
@@ -296,8 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", default="exercises",
                         help="directory holding the chapter's file, or the .py file (default: exercises)")
     parser.add_argument("--exercise", action="append", help="only this exercise, e.g. 1.2 (repeatable)")
-    parser.add_argument("--timeout", type=_timeout_argument, default=DEFAULT_TIMEOUT_S,
-                        help="seconds per check (a finite number > 0; a check past it is killed)")
+    parser.add_argument("--timeout", type=_timeout_argument, default=None,
+                        help=f"seconds per check (a finite number > 0; a check past it is killed; default "
+                        f"{DEFAULT_TIMEOUT_S:g}, or the chapter's own: distributed "
+                        f"{default_timeout('distributed'):g})")
     parser.add_argument("--json", action="store_true", help="print machine-readable results")
     args = parser.parse_args(argv)
     try:

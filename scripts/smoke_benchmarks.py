@@ -1,6 +1,7 @@
-"""Every benchmark under benchmarks/ run once, as small as its options allow: CI's guard that none of them
-rots (an API they call changed, a crash), not a measurement. A benchmark that runs to the end passes here
-whether or not it met its targets (on a loaded CI machine the ratios mean little); one that raises fails.
+"""Every benchmark under benchmarks/ run once, as small as its options allow (`make benchmarks-smoke`): the
+guard that none of them rots (an API they call changed, a crash), not a measurement. A benchmark that runs
+to the end passes here whether or not it met its targets (small runs on a busy machine mean little); one
+that raises fails.
 
     python scripts/smoke_benchmarks.py            # every benchmark; exit 1 if any crashed
 """

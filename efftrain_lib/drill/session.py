@@ -8,7 +8,7 @@ from efftrain_lib.drill.answers import NumericCheck, explain_numeric
 from efftrain_lib.drill.bank import Card
 from efftrain_lib.drill.progress import CardStats, ProgressStore, card_status, order_cards
 from efftrain_lib.drill.whiteboard import grade_whiteboard
-from efftrain_lib.grade import DEFAULT_TIMEOUT_S, Report
+from efftrain_lib.grade import Report
 
 
 class DrillSession:
@@ -87,7 +87,7 @@ class DrillSession:
             self.grade(result.correct)
         return result
 
-    def check_code(self, code: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> Report:
+    def check_code(self, code: str, *, timeout: float | None = None) -> Report:
         """Grade a whiteboard card's code with the chapter's grader (its exercise only): right if every
         check passes. Raises ValueError for a card that is not a whiteboard card, or no code."""
         card = self._require_card()

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from efftrain_lib.chapters import resolve as resolve_chapter
 from efftrain_lib.drill.bank import Card
-from efftrain_lib.grade import DEFAULT_TIMEOUT_S, Report, grade
+from efftrain_lib.grade import Report, grade
 
 __all__ = ["grade_whiteboard"]
 
 
-def grade_whiteboard(card: Card, code: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> Report:
+def grade_whiteboard(card: Card, code: str, *, timeout: float | None = None) -> Report:
     """The chapter grader's report on `code` for the card's exercise (report.all_passed: the card is right)."""
     if not card.is_whiteboard:
         raise ValueError(f"card {card.id!r} is not a whiteboard card (it names no exercise)")

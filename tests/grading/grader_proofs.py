@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from efftrain_lib.grade import DEFAULT_TIMEOUT_S, Report, Result, grade, load_module
+from efftrain_lib.grade import Report, Result, grade, load_module
 
 ROOT = Path(__file__).resolve().parents[2]
 MISTAKES_ROOT = ROOT / "tests" / "grading" / "mistakes"
@@ -77,7 +77,7 @@ def grade_mistake(chapter: ChapterProof, path: Path) -> tuple[ModuleType, Report
     """Grade one mistake of the catalog: its module (for CAUGHT_BY) and its report. A mistake may ask for
     its own per-check timeout (GRADE_TIMEOUT, e.g. one that hangs)."""
     module = load_module(path)
-    return module, grade(chapter.name, path, timeout=getattr(module, "GRADE_TIMEOUT", DEFAULT_TIMEOUT_S))
+    return module, grade(chapter.name, path, timeout=getattr(module, "GRADE_TIMEOUT", None))
 
 
 def cli(chapter: str, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
