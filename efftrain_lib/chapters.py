@@ -49,7 +49,7 @@ class Chapter:
     aliases: tuple[str, ...] = ()  # other names learners use: "memory", "precision", ...
     grader: str = ""  # the grader module; default efftrain_lib.grading.<key>
     filename: str = ""  # the exercise file, in exercises/ and solutions/; default <key>.py
-    check_timeout_s: float | None = None  # seconds per check when the caller names none; None: the grader's
+    check_timeout_s: float | None = None  # seconds per check when the caller names none (None: grade's default)
     # Filled in from the fields above: every name resolve() accepts for this chapter.
     names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 

@@ -69,12 +69,17 @@ def test_a_ranks_exception_is_reraised_with_its_traceback(group):
 
 
 LEFT_THREADS = """
-import os, torch, torch.distributed as dist
+import os, time, torch, torch.distributed as dist
 from efftrain_lib import launcher
 dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())  # a rank's first optimizer imports torch._dynamo
 dist.destroy_process_group()
-print(sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")))
+def threads():
+    return sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+deadline = time.monotonic() + 5  # the transport's loop thread may take a moment to be joined
+while any("gloo" in t for t in threads()) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(threads())
 """
 
 

@@ -16,7 +16,7 @@ import torch
 from conftest import write_demo as _write
 
 import efftrain_lib.grade as harness
-from efftrain_lib.grade import Report, check, grade, main, resolve_impl
+from efftrain_lib.grade import DEFAULT_TIMEOUT_S, Report, check, default_timeout, grade, main, resolve_impl
 from efftrain_lib.grading import CHAPTERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,8 +166,6 @@ def test_grading_does_not_disturb_the_callers_rng():
 def test_a_chapter_may_ask_for_a_longer_default_timeout():
     # The distributed grader's first check starts two ranks (a fresh Python importing torch each): on a
     # loaded machine that alone passed the 10 s default and failed correct code as "timed out".
-    from efftrain_lib.grade import DEFAULT_TIMEOUT_S, default_timeout
-
     assert default_timeout("lora") == DEFAULT_TIMEOUT_S == 10.0
     assert default_timeout("ddp") == default_timeout("distributed") == 30.0
     with pytest.raises(ValueError, match="finite number of seconds > 0"):
